@@ -1,0 +1,60 @@
+"""Keyset pagination: ``?limit=`` (clamped) and an opaque ``?cursor=``."""
+
+import base64
+import binascii
+import json
+from typing import Annotated, Any, Generic, TypeVar
+
+from fastapi import Query
+from pydantic import BaseModel
+
+from app.core.errors import InvalidInput
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+def clamp_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    return max(1, min(limit, MAX_LIMIT))
+
+
+LimitQuery = Annotated[
+    int | None,
+    Query(description=f"Page size, 1 to {MAX_LIMIT} (clamped); default {DEFAULT_LIMIT}."),
+]
+CursorQuery = Annotated[
+    str | None, Query(max_length=512, description="The `next_cursor` of the previous page.")
+]
+
+
+def encode_cursor(position: dict[str, Any]) -> str:
+    raw = json.dumps(position, separators=(",", ":"), sort_keys=True).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, *, expect: dict[str, type]) -> dict[str, Any]:
+    """Decode a cursor made by ``encode_cursor``; a 422 if it was not made by us."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        position = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        position = None
+    if (
+        not isinstance(position, dict)
+        or set(position) != set(expect)
+        or not all(type(position[k]) is t for k, t in expect.items())
+    ):
+        raise InvalidInput(
+            "cursor is not one this service issued; pass next_cursor from the previous page",
+            errors=None,
+        )
+    return position
