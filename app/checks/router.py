@@ -1,0 +1,69 @@
+from dataclasses import asdict
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.catalogue.router import CatalogueDep
+from app.catalogue.service import resolve_pair
+from app.checks import service
+from app.checks.schemas import CheckRequest, CheckResponse, DecisionPublic
+from app.core.db import ReadSessionDep
+from app.core.errors import InvalidInput, problem_responses
+from app.core.schemas import NO_CONTROL_CHARACTERS, SUBJECT_ID_DESCRIPTION
+from app.core.security import PrincipalDep
+
+router = APIRouter(prefix="/v1/checks", tags=["checks"])
+
+
+@router.post(
+    "",
+    operation_id="checks-create",
+    response_model=CheckResponse,
+    responses=problem_responses(InvalidInput),
+)
+async def check_many(
+    payload: CheckRequest,
+    catalogue: CatalogueDep,
+    session: ReadSessionDep,
+    _principal: PrincipalDep,
+) -> CheckResponse:
+    """May the app process each (target, purpose) for this subject, right now? Up to 100 items."""
+    pairs = [
+        resolve_pair(catalogue, item.target, item.purpose, ("body", "items", i))
+        for i, item in enumerate(payload.items)
+    ]
+    async with session.begin():
+        decisions = await service.check(session, payload.subject_id, pairs)
+    return CheckResponse(
+        subject_id=payload.subject_id,
+        decisions=[DecisionPublic(**asdict(d)) for d in decisions],
+    )
+
+
+@router.get(
+    "",
+    operation_id="checks-get",
+    response_model=CheckResponse,
+    responses=problem_responses(InvalidInput),
+)
+async def check_one(
+    subject_id: Annotated[
+        str,
+        Query(
+            min_length=1,
+            max_length=255,
+            pattern=NO_CONTROL_CHARACTERS,
+            description=SUBJECT_ID_DESCRIPTION,
+        ),
+    ],
+    target: Annotated[str, Query(min_length=1, max_length=64)],
+    purpose: Annotated[str, Query(min_length=1, max_length=64)],
+    catalogue: CatalogueDep,
+    session: ReadSessionDep,
+    _principal: PrincipalDep,
+) -> CheckResponse:
+    """One decision, in the same shape as ``POST /v1/checks``."""
+    pair = resolve_pair(catalogue, target, purpose, ("query",))
+    async with session.begin():
+        [decision] = await service.check(session, subject_id, [pair])
+    return CheckResponse(subject_id=subject_id, decisions=[DecisionPublic(**asdict(decision))])

@@ -1,0 +1,91 @@
+"""The application: ``create_app(settings)`` and its lifespan."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.catalogue.loader import load_catalogue
+from app.catalogue.router import router as catalogue_router
+from app.catalogue.service import sync_catalogue
+from app.checks.router import router as checks_router
+from app.consents.router import router as consents_router
+from app.core.config import Settings, get_settings
+from app.core.db import Database
+from app.core.errors import install_error_handlers
+from app.core.idempotency import purge_expired
+from app.core.migrate import current_revision, head_revision
+from app.health import router as health_router
+from app.subjects.router import router as subjects_router
+
+logger = logging.getLogger("consent_ledger")
+
+PURGE_INTERVAL_SECONDS = 3600
+
+
+class NotMigrated(RuntimeError):
+    pass
+
+
+async def _purge_idempotency_keys(database: Database, retention: timedelta) -> None:
+    while True:
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        try:
+            async with database.write_sessions() as session:
+                purged = await purge_expired(session, retention)
+            if purged:
+                logger.info("forgot %d idempotency keys older than %s", purged, retention)
+        except Exception:
+            logger.exception("purging expired idempotency keys failed; will retry")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    current, head = await current_revision(settings.database_url), head_revision()
+    if current != head:
+        raise NotMigrated(
+            f"the database is at migration {current or 'none'}, this version needs {head}: "
+            "run `consent-ledger migrate`"
+        )
+    database = Database(settings)
+    catalogue = load_catalogue()
+    async with database.write_sessions() as session, session.begin():
+        await sync_catalogue(session, catalogue)
+    app.state.database = database
+    app.state.catalogue = catalogue
+    purge = asyncio.create_task(
+        _purge_idempotency_keys(database, timedelta(hours=settings.idempotency_retention_hours))
+    )
+    try:
+        yield
+    finally:
+        purge.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purge
+        await database.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="Consent Ledger",
+        version=__version__,
+        summary="May the app collect X for purpose P for this user, right now?",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings or get_settings()
+    install_error_handlers(app)
+    for router in (
+        health_router,
+        catalogue_router,
+        subjects_router,
+        consents_router,
+        checks_router,
+    ):
+        app.include_router(router)
+    return app

@@ -1,0 +1,23 @@
+"""Every table. Import this package to register them all on the metadata."""
+
+from app.models.base import metadata
+from app.models.catalogue import BusinessFunction, FunctionNeed, Purpose, PurposeTarget, Target
+from app.models.consent import Consent, ConsentEvent
+from app.models.idempotency import IdempotencyRecord
+from app.models.policy import PolicyVersion
+from app.models.subject import GENESIS_HASH, Subject
+
+__all__ = [
+    "GENESIS_HASH",
+    "BusinessFunction",
+    "Consent",
+    "ConsentEvent",
+    "FunctionNeed",
+    "IdempotencyRecord",
+    "PolicyVersion",
+    "Purpose",
+    "PurposeTarget",
+    "Subject",
+    "Target",
+    "metadata",
+]
