@@ -1,0 +1,57 @@
+"""Small helpers that make requests the way the app would."""
+
+from typing import Any
+
+import httpx
+
+# A consent-based pair and a contract-based, necessary one from the shipped catalogue.
+OPTIONAL = ("gender", "service_improvement")
+OPTIONAL_2 = ("device.model", "service_improvement")
+NECESSARY = ("email", "account_registration")
+
+
+async def set_consent(
+    client: httpx.AsyncClient,
+    subject_id: str,
+    target: str,
+    purpose: str,
+    state: str,
+    *,
+    expect: int = 200,
+    headers: dict[str, str] | None = None,
+    **body: Any,
+) -> dict[str, Any]:
+    response = await client.put(
+        f"/v1/subjects/{subject_id}/consents/{target}/{purpose}",
+        json={"state": state, **body},
+        headers=headers,
+    )
+    assert response.status_code == expect, response.text
+    data: dict[str, Any] = response.json()
+    return data
+
+
+async def check(
+    client: httpx.AsyncClient, subject_id: str, target: str, purpose: str
+) -> dict[str, Any]:
+    response = await client.get(
+        "/v1/checks", params={"subject_id": subject_id, "target": target, "purpose": purpose}
+    )
+    assert response.status_code == 200, response.text
+    [decision] = response.json()["decisions"]
+    result: dict[str, Any] = decision
+    return result
+
+
+async def all_events(client: httpx.AsyncClient, subject_id: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": 1000} | ({"cursor": cursor} if cursor else {})
+        response = await client.get(f"/v1/subjects/{subject_id}/events", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        events.extend(page["items"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return events
