@@ -18,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import SettingsDep
@@ -78,6 +78,7 @@ class IdempotentWrite:
         try:
             async with session.begin():
                 if key is not None:
+                    await _serialise_on_key(session, scope, key)
                     record = await session.get(IdempotencyRecord, (scope, key))
                     if record is not None and record.created_at > utcnow() - self.retention:
                         return _replay(record, print_)
@@ -105,6 +106,19 @@ class IdempotentWrite:
                 raise
             return _replay(record, print_)
         return _json(status, body)
+
+
+async def _serialise_on_key(session: AsyncSession, scope: str, key: str) -> None:
+    """Make concurrent retries with one key wait for each other, so the later ones replay the
+    first one's response instead of running the work again on the state it left behind.
+
+    SQLite needs nothing: a write transaction there already holds the database's write lock.
+    """
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        await session.exec(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(f"{scope}\x1f{key}", 0)))
+        )
 
 
 async def get_idempotent_write(

@@ -55,6 +55,22 @@ async def test_concurrent_retries_with_one_key_write_once(
     assert len(await all_events(client, subject_id)) == 1
 
 
+async def test_concurrent_retried_withdrawals_replay_instead_of_conflicting(
+    client: httpx.AsyncClient, subject_id: str
+) -> None:
+    await client.put(_url(subject_id), json={"state": "given"})
+    headers = {"Idempotency-Key": "k-withdraw"}
+    responses = await asyncio.gather(
+        *(
+            client.put(_url(subject_id), json={"state": "withdrawn"}, headers=headers)
+            for _ in range(6)
+        )
+    )
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({r.json()["event_id"] for r in responses}) == 1
+    assert len(await all_events(client, subject_id)) == 2
+
+
 async def test_a_failed_write_does_not_use_up_its_key(
     client: httpx.AsyncClient, subject_id: str
 ) -> None:
