@@ -94,8 +94,8 @@ async def apply_changes(
     if necessary:
         raise NotConsentBased(
             "processing for a necessary, contract-based purpose does not rest on consent and "
-            "cannot be given, refused or withdrawn; to stop it, cancel the account: "
-            f"POST /v1/subjects/{subject_id}/cancellation",
+            "cannot be given, refused or withdrawn; it ends only when the account is cancelled "
+            "(account cancellation, a data-subject request)",
             errors=[
                 _item_error(c, "necessary for the contract", "not_consent_based") for c in necessary
             ],

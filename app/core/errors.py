@@ -14,11 +14,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("consent_ledger")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# PostgreSQL errors that say "busy, try again", not "wrong": serialization failure, deadlock,
+# lock not available, query cancelled (statement or lock timeout), too many connections.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "53300"})
 TYPE_PREFIX = "urn:consent-ledger:problem:"
 
 
@@ -182,6 +186,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(OSError)  # asyncpg raises the socket's own error when it cannot connect
+    @app.exception_handler(PoolTimeoutError)  # every connection busy for pool_timeout seconds
     async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.error("database unavailable: %s", getattr(exc, "orig", exc))
         return problem_response(
@@ -194,6 +199,11 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+            return await _database_unavailable(request, exc)
+        return await _unexpected(request, exc)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -52,6 +52,9 @@ def decode_cursor(cursor: str, *, expect: dict[str, type]) -> dict[str, Any]:
         not isinstance(position, dict)
         or set(position) != set(expect)
         or not all(type(position[k]) is t for k, t in expect.items())
+        or not all(
+            0 <= value < 2**31 for value in position.values() if type(value) is int
+        )  # every integer we put in a cursor fits a PostgreSQL integer column
     ):
         raise InvalidInput(
             "cursor is not one this service issued; pass next_cursor from the previous page",

@@ -1,16 +1,17 @@
 """Field types shared by the request and response schemas of every domain."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Path
-from pydantic import AwareDatetime, PlainSerializer, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, PlainSerializer, StringConstraints
 
 from app.core.types import isoformat_z
 
 # Printable text: no C0/C1 control characters (they break logs, CSV exports and the canonical
-# encoding of the ledger).
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f]*$"
+# encoding of the ledger), and no U+FFFD, which is what invalid UTF-8 in a URL decodes to: two
+# different byte strings must never name one subject.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f-\x9f\ufffd]*$"
 
 SUBJECT_ID_DESCRIPTION = (
     "The app's opaque id for the user (never an email): 1 to 255 characters, no control characters."
@@ -34,4 +35,19 @@ ShortText = Annotated[
 
 # Every instant the API returns has the one form the ledger hashes: 2026-01-31T12:00:00.000000Z.
 Instant = Annotated[datetime, PlainSerializer(isoformat_z, return_type=str)]
-InputInstant = AwareDatetime
+EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is outside the range of instants this service stores") from None
+    if not EARLIEST_INSTANT <= value < LATEST_INSTANT:
+        raise ValueError("must be between 1970-01-01T00:00:00Z and 9000-01-01T00:00:00Z")
+    return value
+
+
+# An instant a client sends: it must carry a time zone; it is converted to UTC.
+InputInstant = Annotated[AwareDatetime, AfterValidator(_in_utc)]

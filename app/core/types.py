@@ -53,4 +53,5 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def isoformat_z(value: datetime) -> str:
     """The one textual form of an instant: ``2026-01-31T12:00:00.000000Z``."""
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    value = value.astimezone(UTC)
+    return f"{value.year:04d}" + value.strftime("-%m-%dT%H:%M:%S.%fZ")

@@ -71,7 +71,9 @@ async def test_wrong_types_and_unknown_fields(client: httpx.AsyncClient, body: o
     )
 
 
-@pytest.mark.parametrize("subject_id", ["x" * 256, "bad%01id", "tab%09id", "del%7Fid"])
+@pytest.mark.parametrize(
+    "subject_id", ["x" * 256, "bad%01id", "tab%09id", "del%7Fid", "%FF%FE", "%C0%C1"]
+)
 async def test_bad_subject_ids(client: httpx.AsyncClient, subject_id: str) -> None:
     assert_problem(
         await client.put(
@@ -87,7 +89,9 @@ async def test_bad_subject_ids(client: httpx.AsyncClient, subject_id: str) -> No
             params={
                 "subject_id": subject_id.replace("%01", "\x01")
                 .replace("%09", "\t")
-                .replace("%7F", "\x7f"),
+                .replace("%7F", "\x7f")
+                .replace("%FF%FE", "\ufffd")
+                .replace("%C0%C1", "a\ufffdb"),
                 "target": "gender",
                 "purpose": "service_improvement",
             },
@@ -104,6 +108,20 @@ async def test_a_255_character_unicode_subject_id_is_fine(client: httpx.AsyncCli
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize("expires_at", ["9999-12-31T23:59:59-10:00", "0001-01-01T00:00:00+01:00"])
+async def test_instants_out_of_range_are_422_not_500(
+    client: httpx.AsyncClient, subject_id: str, expires_at: str
+) -> None:
+    body = assert_problem(
+        await client.put(
+            f"/v1/subjects/{subject_id}/consents/gender/service_improvement",
+            json={"state": "given", "expires_at": expires_at},
+        ),
+        422,
+    )
+    assert body["errors"][0]["loc"] == ["body", "expires_at"]
+
+
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get("/v1/nothing-here"), 404)
     body = assert_problem(await client.delete("/v1/catalogue"), 405)
@@ -115,6 +133,9 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
     [
         {"as_of": "yesterday"},
         {"as_of": "2026-01-01T00:00:00"},
+        {"as_of": "0001-01-01T00:00:00+00:01"},
+        {"as_of": "9999-12-31T23:59:59-10:00"},
+        {"as_of": "1969-12-31T23:59:59Z"},
     ],
 )
 async def test_bad_as_of(
@@ -124,7 +145,10 @@ async def test_bad_as_of(
     assert_problem(await client.get(f"/v1/subjects/{subject_id}/consents", params=params), 422)
 
 
-@pytest.mark.parametrize("cursor", ["garbage", "eyJzZXEiOiAiMSJ9", "e30"])
+@pytest.mark.parametrize(
+    "cursor",
+    ["garbage", "eyJzZXEiOiAiMSJ9", "e30", "eyJzZXEiOjk5OTk5OTk5OTk5OX0", "eyJzZXEiOi0xfQ"],
+)
 async def test_bad_cursor(client: httpx.AsyncClient, subject_id: str, cursor: str) -> None:
     await client.put(f"/v1/subjects/{subject_id}", json={})
     assert_problem(
