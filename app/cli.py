@@ -1,13 +1,22 @@
 """The ``consent-ledger`` command."""
 
 import argparse
+import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings, get_settings
+from app.core.errors import AppError
+from app.core.security import ROLES
+from app.core.types import isoformat_z
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
@@ -19,15 +28,16 @@ def _settings() -> Settings:
         return get_settings()
     except ValidationError as exc:
         error = exc.errors()[0]
-        name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if not error["loc"]:
+            raise CommandError(f"invalid settings: {message}") from None
+        name = str(error["loc"][0]).upper()
         if name != "DATABASE_URL":
             name = "CONSENT_LEDGER_" + name
-        raise CommandError(f"invalid setting {name}: {error['msg']}") from None
+        raise CommandError(f"invalid setting {name}: {message}") from None
 
 
 def _migrate(settings: Settings) -> None:
-    from sqlalchemy.exc import SQLAlchemyError
-
     from app.core.migrate import upgrade
 
     try:
@@ -48,12 +58,78 @@ def cmd_migrate(args: argparse.Namespace) -> None:
     print(f"database is up to date ({_redacted(settings.database_url)})")
 
 
+def _signing_secret(settings: Settings) -> None:
+    """Fail now, in one line, rather than in every worker; on the embedded default this also
+    creates the secret file once, before the workers start."""
+    from app.core.signing import SecretError, load_signing_secret
+
+    try:
+        load_signing_secret(settings)
+    except SecretError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _ready_database(settings: Settings) -> None:
+    """Migrate the embedded default; refuse a PostgreSQL database that is not migrated."""
+    if settings.is_sqlite:
+        _migrate(settings)  # the embedded default just works on first start
+        return
+    from app.core.migrate import current_revision, head_revision
+
+    try:
+        current = asyncio.run(current_revision(settings.database_url))
+    except (SQLAlchemyError, OSError) as exc:
+        raise CommandError(f"cannot reach the database: {_first_line(exc)}") from None
+    if current != head_revision():
+        raise CommandError("the database is not migrated: run `consent-ledger migrate` first")
+
+
+def _with_session(settings: Settings, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from app.core.db import Database
+
+    async def run() -> T:
+        database = Database(settings)
+        try:
+            async with database.write_sessions() as session, session.begin():
+                return await work(session)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except AppError as exc:
+        raise CommandError(exc.detail) from None
+    except (SQLAlchemyError, OSError) as exc:
+        raise CommandError(f"cannot reach the database: {_first_line(exc)}") from None
+
+
+def _first_admin_key(settings: Settings) -> str | None:
+    """On the embedded default, a database with no keys at all gets an admin key."""
+    from app.auth import service
+
+    async def work(session: AsyncSession) -> str | None:
+        if await service.count_keys(session):
+            return None
+        _key, secret = await service.create_key(session, "first-admin", "admin")
+        return secret
+
+    return _with_session(settings, work)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     settings = _settings()
-    if settings.is_sqlite:
-        _migrate(settings)  # the embedded default just works on first start
+    _signing_secret(settings)
+    _ready_database(settings)
+    if settings.is_sqlite and (secret := _first_admin_key(settings)):
+        print(
+            "\nNo API keys existed, so this is the first admin key, named 'first-admin'.\n"
+            "It is shown only this once; store it now. Send it as `Authorization: Bearer <key>`,\n"
+            "and create keys for your services with `consent-ledger keys create`.\n\n"
+            f"    {secret}\n",
+            flush=True,
+        )
     host = args.host or settings.host
     port = args.port or settings.port
     workers = args.workers or settings.workers
@@ -72,6 +148,72 @@ def cmd_serve(args: argparse.Namespace) -> None:
         access_log=args.access_log,
         proxy_headers=True,
     )
+
+
+def cmd_keys_create(args: argparse.Namespace) -> None:
+    from app.auth import service
+    from app.auth.schemas import ApiKeyCreate
+
+    settings = _settings()
+    try:
+        payload = ApiKeyCreate(name=args.name, role=args.role)
+    except ValidationError as exc:
+        raise CommandError(f"invalid key name {args.name!r}: " + _first_error(exc)) from None
+    _ready_database(settings)
+
+    async def work(session: AsyncSession) -> str:
+        _key, secret = await service.create_key(session, payload.name, payload.role)
+        return secret
+
+    secret = _with_session(settings, work)
+    print(f"created the {payload.role} key {payload.name!r}; it is shown only this once:")
+    print(secret)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> None:
+    from app.auth import service
+
+    settings = _settings()
+    _ready_database(settings)
+    keys = _with_session(settings, service.list_keys)
+    if not keys:
+        print("no keys; create one with `consent-ledger keys create --role ROLE --name NAME`")
+        return
+    rows = [("NAME", "ROLE", "PREFIX", "CREATED", "LAST USED", "REVOKED")]
+    for key in keys:
+        rows.append(
+            (
+                key.name,
+                key.role,
+                key.prefix + "…",
+                isoformat_z(key.created_at)[:19] + "Z",
+                isoformat_z(key.last_used_at)[:16] + "Z" if key.last_used_at else "never",
+                isoformat_z(key.revoked_at)[:19] + "Z" if key.revoked_at else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> None:
+    from app.auth import service
+
+    settings = _settings()
+    _ready_database(settings)
+
+    async def work(session: AsyncSession) -> str:
+        key = await service.revoke_key(session, args.name)
+        assert key.revoked_at is not None
+        return isoformat_z(key.revoked_at)
+
+    revoked_at = _with_session(settings, work)
+    print(f"key {args.name!r} is revoked (since {revoked_at}); it no longer works anywhere")
+
+
+def _first_error(exc: ValidationError) -> str:
+    return str(exc.errors()[0]["msg"])
 
 
 def _redacted(url: str) -> str:
@@ -100,6 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="create or upgrade the database schema")
     migrate.set_defaults(handler=cmd_migrate)
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key; prints it once, on the last line")
+    create.add_argument("--role", required=True, choices=ROLES, help="what the key may do")
+    create.add_argument("--name", required=True, help="a unique name, e.g. mobile-backend")
+    create.set_defaults(handler=cmd_keys_create)
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.set_defaults(handler=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke a key at once, on every worker")
+    revoke.add_argument("name")
+    revoke.set_defaults(handler=cmd_keys_revoke)
     return parser
 
 

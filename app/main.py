@@ -6,10 +6,12 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Annotated, Any
 
 from fastapi import FastAPI
 
 from app import __version__
+from app.auth.router import router as auth_router
 from app.catalogue.loader import load_catalogue
 from app.catalogue.router import router as catalogue_router
 from app.catalogue.service import sync_catalogue
@@ -20,6 +22,8 @@ from app.core.db import Database
 from app.core.errors import install_error_handlers
 from app.core.idempotency import purge_expired
 from app.core.migrate import current_revision, head_revision
+from app.core.security import Principal, Scope, requires
+from app.core.signing import load_signing_secret
 from app.health import router as health_router
 from app.subjects.router import router as subjects_router
 
@@ -47,6 +51,7 @@ async def _purge_idempotency_keys(database: Database, retention: timedelta) -> N
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
+    app.state.signing_secret = load_signing_secret(settings)
     current, head = await current_revision(settings.database_url), head_revision()
     if current != head:
         raise NotMigrated(
@@ -72,16 +77,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    public_docs = settings.public_docs
     app = FastAPI(
         title="Consent Ledger",
         version=__version__,
         summary="May the app collect X for purpose P for this user, right now?",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if public_docs else None,
+        docs_url="/docs" if public_docs else None,
+        redoc_url="/redoc" if public_docs else None,
     )
-    app.state.settings = settings or get_settings()
+    app.state.settings = settings
     install_error_handlers(app)
+    if not public_docs:
+        _serve_openapi_to_callers(app)
     for router in (
         health_router,
+        auth_router,
         catalogue_router,
         subjects_router,
         consents_router,
@@ -89,3 +102,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         app.include_router(router)
     return app
+
+
+def _serve_openapi_to_callers(app: FastAPI) -> None:
+    """With public docs off, the OpenAPI document is still there for anyone with a credential."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(
+        _principal: Annotated[Principal, requires(Scope.CATALOGUE_READ)],
+    ) -> dict[str, Any]:
+        return app.openapi()

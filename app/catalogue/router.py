@@ -6,7 +6,7 @@ from app.catalogue import service
 from app.catalogue.loader import Catalogue
 from app.catalogue.schemas import CataloguePublic
 from app.core.db import ReadSessionDep
-from app.core.security import PrincipalDep
+from app.core.security import Principal, Scope, requires
 
 
 def get_catalogue(request: Request) -> Catalogue:
@@ -18,10 +18,12 @@ CatalogueDep = Annotated[Catalogue, Depends(get_catalogue)]
 
 router = APIRouter(prefix="/v1/catalogue", tags=["catalogue"])
 
+ReadCatalogue = Annotated[Principal, requires(Scope.CATALOGUE_READ)]
+
 
 @router.get("", operation_id="catalogue-get", response_model=CataloguePublic)
 async def get_catalogue_route(
-    catalogue: CatalogueDep, session: ReadSessionDep, _principal: PrincipalDep
+    catalogue: CatalogueDep, session: ReadSessionDep, _principal: ReadCatalogue
 ) -> CataloguePublic:
     """Every target, purpose and business function, each citing the policy, and the current
     policy version."""

@@ -10,9 +10,11 @@ from app.checks.schemas import CheckRequest, CheckResponse, DecisionPublic
 from app.core.db import ReadSessionDep
 from app.core.errors import InvalidInput, problem_responses
 from app.core.schemas import NO_CONTROL_CHARACTERS, SUBJECT_ID_DESCRIPTION
-from app.core.security import PrincipalDep
+from app.core.security import Principal, Scope, requires
 
 router = APIRouter(prefix="/v1/checks", tags=["checks"])
+
+RunChecks = Annotated[Principal, requires(Scope.CHECKS_RUN)]
 
 
 @router.post(
@@ -25,7 +27,7 @@ async def check_many(
     payload: CheckRequest,
     catalogue: CatalogueDep,
     session: ReadSessionDep,
-    _principal: PrincipalDep,
+    _principal: RunChecks,
 ) -> CheckResponse:
     """May the app process each (target, purpose) for this subject, right now? Up to 100 items."""
     pairs = [
@@ -60,7 +62,7 @@ async def check_one(
     purpose: Annotated[str, Query(min_length=1, max_length=64)],
     catalogue: CatalogueDep,
     session: ReadSessionDep,
-    _principal: PrincipalDep,
+    _principal: RunChecks,
 ) -> CheckResponse:
     """One decision, in the same shape as ``POST /v1/checks``."""
     pair = resolve_pair(catalogue, target, purpose, ("query",))

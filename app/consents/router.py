@@ -12,10 +12,13 @@ from app.core.errors import FieldError, InvalidInput, problem_responses
 from app.core.idempotency import WritesDep
 from app.core.pagination import CursorQuery, LimitQuery, Page
 from app.core.schemas import CatalogueKey, InputInstant, SubjectIdPath
-from app.core.security import PrincipalDep
+from app.core.security import Principal, Scope, requires
 from app.subjects.service import SubjectNotFound
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"])
+
+ReadConsents = Annotated[Principal, requires(Scope.CONSENTS_READ)]
+WriteConsents = Annotated[Principal, requires(Scope.CONSENTS_WRITE)]
 
 WRITE_ERRORS = problem_responses(InvalidInput, NotConsentBased, NothingToWithdraw, SubjectCancelled)
 
@@ -30,7 +33,7 @@ async def list_consents(
     subject_id: SubjectIdPath,
     catalogue: CatalogueDep,
     session: ReadSessionDep,
-    _principal: PrincipalDep,
+    _principal: ReadConsents,
     as_of: Annotated[
         InputInstant | None,
         Query(
@@ -56,7 +59,7 @@ async def set_consent(
     payload: ConsentSet,
     catalogue: CatalogueDep,
     session: WriteSessionDep,
-    principal: PrincipalDep,
+    principal: WriteConsents,
     writes: WritesDep,
 ) -> Response:
     """Give, refuse or withdraw one consent. The subject is created if it does not exist."""
@@ -88,7 +91,7 @@ async def set_consents(
     payload: ConsentBatch,
     catalogue: CatalogueDep,
     session: WriteSessionDep,
-    principal: PrincipalDep,
+    principal: WriteConsents,
     writes: WritesDep,
 ) -> Response:
     """Change many consents at once, atomically: one bad item and nothing is written; the error
@@ -133,7 +136,7 @@ async def set_consents(
 async def list_events(
     subject_id: SubjectIdPath,
     session: ReadSessionDep,
-    _principal: PrincipalDep,
+    _principal: ReadConsents,
     limit: LimitQuery = None,
     cursor: CursorQuery = None,
 ) -> Page[EventPublic]:

@@ -1,10 +1,11 @@
 """Settings, read from the environment (prefix ``CONSENT_LEDGER_``) or a ``.env`` file."""
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, Request
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./consent-ledger.db"
@@ -28,6 +29,23 @@ def normalise_database_url(url: str) -> str:
     )
 
 
+MIN_SECRET_LENGTH = 32
+_KNOWN_WEAK_SECRETS = frozenset(
+    {"changeme", "change-me", "changethis", "secret", "password", "consent-ledger", "test", "dev"}
+)
+
+
+def check_secret_strength(secret: str) -> None:
+    """Refuse secrets that someone could guess: empty, short, a known default, or repetitive."""
+    stripped = secret.strip()
+    if stripped.lower() in _KNOWN_WEAK_SECRETS or not stripped:
+        raise ValueError("is empty or a well-known default; use a long random value")
+    if len(stripped) < MIN_SECRET_LENGTH:
+        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters of random text")
+    if len(set(stripped)) < 10:
+        raise ValueError("is too repetitive to be random; use a long random value")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="CONSENT_LEDGER_",
@@ -47,6 +65,22 @@ class Settings(BaseSettings):
     log_level: LogLevel = "info"
     database_pool_size: int = Field(default=10, ge=1, le=200)
     idempotency_retention_hours: int = Field(default=24, ge=24, le=24 * 365)
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Signs subject tokens. Required with PostgreSQL; on the embedded SQLite "
+        "default it is generated on first start and kept in secret_key_file.",
+    )
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="Where the embedded default keeps its generated secret; default: beside the "
+        "SQLite file, with the suffix .secret.",
+    )
+    subject_token_ttl_seconds: int = Field(default=900, ge=60, le=24 * 3600)
+    public_docs: bool = Field(
+        default=True,
+        description="Serve /docs, /redoc and /openapi.json without a credential. When false, the "
+        "browsable docs are off and /openapi.json needs a credential.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -57,6 +91,13 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_secret_strength(value.get_secret_value())
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -47,6 +47,7 @@ class AppError(Exception):
     status: ClassVar[int] = 400
     slug: ClassVar[str] = "bad-request"
     title: ClassVar[str] = "Bad request"
+    headers: ClassVar[dict[str, str] | None] = None
 
     def __init__(self, detail: str, *, errors: list[FieldError] | None = None, **extra: Any):
         super().__init__(detail)
@@ -65,6 +66,19 @@ class Conflict(AppError):
     status = 409
     slug = "conflict"
     title = "Conflict"
+
+
+class Unauthenticated(AppError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Unauthenticated"
+    headers: ClassVar[dict[str, str] | None] = {"WWW-Authenticate": 'Bearer realm="consent-ledger"'}
+
+
+class Forbidden(AppError):
+    status = 403
+    slug = "forbidden"
+    title = "Forbidden"
 
 
 class InvalidInput(AppError):
@@ -145,6 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
             detail=exc.detail,
             errors=exc.errors,
             extra=exc.extra,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)

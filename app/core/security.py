@@ -1,33 +1,230 @@
-"""Who is calling. Every route takes the caller through ``PrincipalDep``.
+"""Who is calling, and what they may do.
 
-Authentication (API keys with roles, subject-bound tokens) is not built yet: until it is, every
-caller is the one anonymous application principal below. The ledger records the principal of each
-change, so when keys arrive the actor comes from the credential without touching the services.
+Two kinds of credential arrive as ``Authorization: Bearer <credential>``:
+
+- an **API key** (``clk_…``) of a service or a member of staff, with one role. A role is a named
+  bundle of scopes; routes check scopes, never roles. Keys are stored as a SHA-256 digest only and
+  looked up on every request, so a revoked key stops working at once on every worker.
+- a **subject token**: a short-lived HS256 JWT the app mints for one subject's settings screen. It
+  reaches only that subject: any other subject id answers 404, as if it did not exist.
+
+Routes declare what they need with ``Annotated[Principal, requires(Scope.X)]``.
 """
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import Depends
+import jwt
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import or_, update
+from sqlmodel import col, select
 
-Actor = Literal["subject", "guardian", "app", "staff", "system"]
+from app.core.db import Database, DatabaseDep
+from app.core.errors import Forbidden, Unauthenticated
+from app.core.types import utcnow
+from app.models import ApiKey
+from app.subjects.service import SubjectNotFound
+
+logger = logging.getLogger("consent_ledger")
+
+
+class Scope(StrEnum):
+    CATALOGUE_READ = "catalogue:read"
+    SUBJECTS_READ = "subjects:read"
+    SUBJECTS_WRITE = "subjects:write"
+    CONSENTS_READ = "consents:read"
+    CONSENTS_WRITE = "consents:write"
+    CHECKS_RUN = "checks:run"
+    TOKENS_CREATE = "tokens:create"
+    KEYS_MANAGE = "keys:manage"
+
+
+Role = Literal["app", "auditor", "officer", "admin"]
+ROLES: tuple[Role, ...] = get_args(Role)
+
+_AUDITOR = frozenset({Scope.CATALOGUE_READ, Scope.SUBJECTS_READ, Scope.CONSENTS_READ})
+ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
+    "app": frozenset(
+        {
+            Scope.CATALOGUE_READ,
+            Scope.SUBJECTS_READ,
+            Scope.SUBJECTS_WRITE,
+            Scope.CONSENTS_READ,
+            Scope.CONSENTS_WRITE,
+            Scope.CHECKS_RUN,
+            Scope.TOKENS_CREATE,
+        }
+    ),
+    "auditor": _AUDITOR,
+    "officer": _AUDITOR | {Scope.SUBJECTS_WRITE},
+    "admin": frozenset(Scope),
+}
+# What a subject token may do, and only to its own subject.
+SUBJECT_TOKEN_SCOPES = frozenset(
+    {Scope.CATALOGUE_READ, Scope.SUBJECTS_READ, Scope.CONSENTS_READ, Scope.CONSENTS_WRITE}
+)
+# Scopes a subject token may use on routes that name no subject (nothing personal behind them).
+_UNBOUND_SCOPES = frozenset({Scope.CATALOGUE_READ})
 
 
 @dataclass(frozen=True)
 class Principal:
-    actor: Actor
-    name: str
+    """The caller of one request. ``actor`` and ``name`` go into every ledger event it causes."""
+
+    actor: str  # the key's role, or "subject" for a subject token
+    name: str  # the key's name, or the subject id
+    scopes: frozenset[Scope] = field(repr=False)
+    subject_id: str | None = None  # set for subject tokens: the one subject they reach
 
     @property
     def idempotency_scope(self) -> str:
         return f"{self.actor}:{self.name}"
 
-
-ANONYMOUS_APP = Principal(actor="app", name="anonymous")
-
-
-async def get_principal() -> Principal:
-    return ANONYMOUS_APP
+    def describe(self) -> str:
+        if self.subject_id is not None:
+            return "a subject token"
+        return f"the API key {self.name!r} (role {self.actor})"
 
 
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
+# --- API keys --------------------------------------------------------------------------------
+
+KEY_PREFIX = "clk_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def new_api_key() -> str:
+    """256 random bits, URL-safe, recognisable by its prefix (for secret scanners, too)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def _key_principal(database: Database, key: str) -> Principal:
+    digest = hash_api_key(key)
+    async with database.read_sessions() as session, session.begin():
+        found = (await session.exec(select(ApiKey).where(ApiKey.key_hash == digest))).first()
+    if found is None or not hmac.compare_digest(found.key_hash, digest):
+        raise Unauthenticated("The API key is not valid.")
+    if found.revoked_at is not None:
+        raise Unauthenticated(f"The API key {found.name!r} has been revoked.")
+    now = utcnow()
+    if found.last_used_at is None or now - found.last_used_at >= LAST_USED_RESOLUTION:
+        await _touch(database, found, now)
+    role: Role = found.role  # type: ignore[assignment]  # the column only holds roles
+    return Principal(actor=role, name=found.name, scopes=ROLE_SCOPES[role])
+
+
+async def _touch(database: Database, key: ApiKey, now: datetime) -> None:
+    """Record the last use, to the minute: at most one small write per key per minute."""
+    async with database.write_sessions() as session, session.begin():
+        await session.exec(
+            update(ApiKey)
+            .where(col(ApiKey.id) == key.id)
+            .where(
+                or_(
+                    col(ApiKey.last_used_at).is_(None),
+                    col(ApiKey.last_used_at) < now - LAST_USED_RESOLUTION,
+                )
+            )
+            .values(last_used_at=now)
+        )
+
+
+# --- subject tokens --------------------------------------------------------------------------
+
+TOKEN_AUDIENCE = "consent-ledger:subject"  # noqa: S105 (a claim value, not a secret)
+TOKEN_ALGORITHM = "HS256"  # noqa: S105
+
+
+def mint_subject_token(secret: str, subject_id: str, ttl: timedelta) -> tuple[str, datetime]:
+    now = utcnow()
+    expires_at = now + ttl
+    claims = {"sub": subject_id, "aud": TOKEN_AUDIENCE, "iat": now, "exp": expires_at}
+    return jwt.encode(claims, secret, algorithm=TOKEN_ALGORITHM), expires_at
+
+
+def _token_principal(secret: str, token: str) -> Principal:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[TOKEN_ALGORITHM],
+            audience=TOKEN_AUDIENCE,
+            options={"require": ["sub", "aud", "exp"], "verify_iat": False},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("The subject token has expired; ask the app for a new one.") from None
+    except jwt.InvalidTokenError:
+        raise Unauthenticated(
+            "The credential is neither a valid API key nor a valid subject token."
+        ) from None
+    subject_id = claims["sub"]
+    return Principal(
+        actor="subject", name=subject_id, scopes=SUBJECT_TOKEN_SCOPES, subject_id=subject_id
+    )
+
+
+# --- the dependencies ------------------------------------------------------------------------
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="credential",
+    description="An API key (`clk_…`) or a subject token: `Authorization: Bearer <credential>`.",
+)
+
+
+async def authenticate(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    database: DatabaseDep,
+) -> Principal:
+    if credentials is None:
+        raise Unauthenticated(
+            "This route needs a credential: send Authorization: Bearer <API key or subject token>."
+        )
+    credential = credentials.credentials
+    if credential.startswith(KEY_PREFIX):
+        return await _key_principal(database, credential)
+    secret: str = request.app.state.signing_secret
+    return _token_principal(secret, credential)
+
+
+PrincipalDep = Annotated[Principal, Depends(authenticate)]
+
+
+def requires(scope: Scope) -> Any:
+    """A dependency: the caller, if its credential carries ``scope`` (403 otherwise).
+
+    A subject token also has to name its own subject in the path; another subject's id answers the
+    same 404 as a subject that does not exist, so a token cannot probe who else is a user.
+    """
+
+    async def dependency(request: Request, principal: PrincipalDep) -> Principal:
+        if scope not in principal.scopes:
+            raise Forbidden(
+                f"This route needs the scope {scope.value!r}, which {principal.describe()} "
+                "does not have.",
+                missing_scope=scope.value,
+            )
+        if principal.subject_id is not None and scope not in _UNBOUND_SCOPES:
+            subject_id = request.path_params.get("subject_id")
+            if subject_id is None:
+                raise Forbidden(
+                    "A subject token reaches only its own subject's routes.",
+                    missing_scope=scope.value,
+                )
+            if subject_id != principal.subject_id:
+                raise SubjectNotFound(f"no subject {subject_id!r}")
+        return principal
+
+    dependency.__name__ = f"requires_{scope.name.lower()}"
+    return Depends(dependency)

@@ -1,5 +1,6 @@
 """Every table. Import this package to register them all on the metadata."""
 
+from app.models.api_key import ApiKey
 from app.models.base import metadata
 from app.models.catalogue import BusinessFunction, FunctionNeed, Purpose, PurposeTarget, Target
 from app.models.consent import Consent, ConsentEvent
@@ -9,6 +10,7 @@ from app.models.subject import GENESIS_HASH, Subject
 
 __all__ = [
     "GENESIS_HASH",
+    "ApiKey",
     "BusinessFunction",
     "Consent",
     "ConsentEvent",

@@ -1,15 +1,20 @@
+from typing import Annotated
+
 from fastapi import APIRouter, Response
 
 from app.core.db import ReadSessionDep, WriteSessionDep
 from app.core.errors import problem_responses
 from app.core.idempotency import WritesDep
 from app.core.schemas import SubjectIdPath
-from app.core.security import PrincipalDep
+from app.core.security import Principal, Scope, requires
 from app.subjects import service
 from app.subjects.schemas import SubjectPublic, SubjectPut
 from app.subjects.service import SubjectNotFound
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
+
+ReadSubjects = Annotated[Principal, requires(Scope.SUBJECTS_READ)]
+WriteSubjects = Annotated[Principal, requires(Scope.SUBJECTS_WRITE)]
 
 
 @router.put(
@@ -23,6 +28,7 @@ async def put_subject(
     payload: SubjectPut,
     session: WriteSessionDep,
     writes: WritesDep,
+    _principal: WriteSubjects,
 ) -> Response:
     """Create a subject or replace its attributes. 201 when created, 200 when updated."""
 
@@ -42,7 +48,7 @@ async def put_subject(
     responses=problem_responses(SubjectNotFound),
 )
 async def get_subject(
-    subject_id: SubjectIdPath, session: ReadSessionDep, _principal: PrincipalDep
+    subject_id: SubjectIdPath, session: ReadSessionDep, _principal: ReadSubjects
 ) -> SubjectPublic:
     async with session.begin():
         subject = await service.get_subject(session, subject_id)
