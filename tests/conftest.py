@@ -15,16 +15,20 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import text
+from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from app.core.config import Settings, normalise_database_url
 from app.core.migrate import upgrade
+from app.core.security import hash_api_key
+from app.core.types import utcnow
 from app.main import create_app
+from app.models import ApiKey
+from tests.factories import KEY_NAMES, KEYS, TEST_SECRET, auth
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
-DATA_TABLES = ("consent", "consent_event", "subject", "idempotency_record")
+DATA_TABLES = ("consent", "consent_event", "subject", "idempotency_record", "api_key")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -45,11 +49,26 @@ async def _reset_postgres(url: str) -> None:
         await engine.dispose()
 
 
-async def _truncate_postgres(url: str) -> None:
+async def _seed_keys(url: str, *, truncate: bool = False) -> None:
     engine = create_async_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} CASCADE"))
+            if truncate:
+                await connection.execute(text(f"TRUNCATE {', '.join(DATA_TABLES)} CASCADE"))
+            await connection.execute(
+                insert(ApiKey),
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "name": KEY_NAMES[role],
+                        "role": role,
+                        "key_hash": hash_api_key(key),
+                        "prefix": key[:10],
+                        "created_at": utcnow(),
+                    }
+                    for role, key in KEYS.items()
+                ],
+            )
     finally:
         await engine.dispose()
 
@@ -66,6 +85,8 @@ def migrated_database(
         assert PG_URL is not None
         url = normalise_database_url(PG_URL)
     upgrade(url)
+    if request.param == "sqlite":
+        asyncio.run(_seed_keys(url))
     return url
 
 
@@ -78,7 +99,7 @@ def database_url(migrated_database: str, tmp_path: Path) -> Iterator[str]:
         shutil.copyfile(template, copy)
         yield f"sqlite+aiosqlite:///{copy}"
     else:
-        asyncio.run(_truncate_postgres(migrated_database))
+        asyncio.run(_seed_keys(migrated_database, truncate=True))
         yield migrated_database
 
 
@@ -89,7 +110,7 @@ def backend(database_url: str) -> str:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url)
+    return Settings(database_url=database_url, secret_key=TEST_SECRET)
 
 
 @pytest.fixture
@@ -100,9 +121,20 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 
 @pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+async def anonymous(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that sends no credential."""
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        yield client
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """The mobile app's backend: a client with the ``app`` role's key."""
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://testserver", headers=auth(KEYS["app"])
+    ) as client:
         yield client
 
 

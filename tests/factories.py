@@ -4,6 +4,19 @@ from typing import Any
 
 import httpx
 
+from app.core.security import ROLES, new_api_key
+
+TEST_SECRET = "test-signing-secret-" + "0123456789abcdefghijklmnopqrstuvwxyz"
+# One key per role, put in every test database. Tests call the API as the mobile app's backend
+# (the ``client`` fixture) unless they ask for another caller.
+KEYS: dict[str, str] = {role: new_api_key() for role in ROLES}
+KEY_NAMES = {role: f"test-{role}" for role in ROLES}
+
+
+def auth(credential: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {credential}"}
+
+
 # A consent-based pair and a contract-based, necessary one from the shipped catalogue.
 OPTIONAL = ("gender", "service_improvement")
 OPTIONAL_2 = ("device.model", "service_improvement")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import TEST_SECRET
+
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     clean = {
@@ -32,6 +34,9 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
         ({"CONSENT_LEDGER_WORKERS": "0"}, "CONSENT_LEDGER_WORKERS"),
         ({"CONSENT_LEDGER_LOG_LEVEL": "loud"}, "CONSENT_LEDGER_LOG_LEVEL"),
         ({"DATABASE_URL": "mysql://localhost/x"}, "DATABASE_URL"),
+        ({"CONSENT_LEDGER_SECRET_KEY": "changeme"}, "CONSENT_LEDGER_SECRET_KEY"),
+        ({"CONSENT_LEDGER_SECRET_KEY": ""}, "CONSENT_LEDGER_SECRET_KEY"),
+        ({"CONSENT_LEDGER_SECRET_KEY": "ab" * 30}, "CONSENT_LEDGER_SECRET_KEY"),
     ],
 )
 def test_invalid_settings_fail_with_one_clear_line(
@@ -62,3 +67,65 @@ def test_an_unreachable_database_is_one_line_not_a_traceback(tmp_path: Path) -> 
     assert result.returncode == 1
     assert result.stderr.strip().startswith("consent-ledger: cannot migrate the database")
     assert "Traceback" not in result.stderr
+
+
+def test_serving_postgresql_without_a_signing_secret_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    result = run_cli(
+        "serve", env={"DATABASE_URL": "postgresql://nobody@127.0.0.1:9/none"}, cwd=tmp_path
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "consent-ledger: CONSENT_LEDGER_SECRET_KEY is required with PostgreSQL (it signs subject "
+        "tokens, and every instance must share it); generate one with "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+    ]
+
+
+def test_a_secret_file_others_can_read_stops_the_embedded_service(tmp_path: Path) -> None:
+    secret = tmp_path / "consent-ledger.secret"
+    secret.write_text("s3cr3t-" * 8)
+    secret.chmod(0o644)
+    result = run_cli("serve", env={}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "chmod 600" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keys_are_created_listed_and_revoked_from_the_command_line(
+    tmp_path: Path, database_url: str
+) -> None:
+    env = {"DATABASE_URL": database_url, "CONSENT_LEDGER_SECRET_KEY": TEST_SECRET}
+    created = run_cli(
+        "keys", "create", "--role", "auditor", "--name", "dpo-laptop", env=env, cwd=tmp_path
+    )
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("clk_")
+
+    listing = run_cli("keys", "list", env=env, cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    [row] = [line for line in listing.stdout.splitlines() if line.startswith("dpo-laptop")]
+    assert row.split()[1:3] == ["auditor", key[:10] + "…"]
+    assert key not in listing.stdout
+
+    again = run_cli(
+        "keys", "create", "--role", "app", "--name", "dpo-laptop", env=env, cwd=tmp_path
+    )
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines() == [
+        "consent-ledger: a key named 'dpo-laptop' exists (names are never reused, even after revocation)"
+    ]
+    bad = run_cli("keys", "create", "--role", "app", "--name", "has space", env=env, cwd=tmp_path)
+    assert bad.returncode == 1
+    assert bad.stderr.startswith("consent-ledger: invalid key name 'has space'")
+
+    revoked = run_cli("keys", "revoke", "dpo-laptop", env=env, cwd=tmp_path)
+    assert revoked.returncode == 0, revoked.stderr
+    listing = run_cli("keys", "list", env=env, cwd=tmp_path)
+    [row] = [line for line in listing.stdout.splitlines() if line.startswith("dpo-laptop")]
+    assert row.split()[-1] != "-"
+    missing = run_cli("keys", "revoke", "nobody", env=env, cwd=tmp_path)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "consent-ledger: no key named 'nobody'"

@@ -120,7 +120,7 @@ async def test_a_key_older_than_the_retention_is_forgotten(
     headers = {"Idempotency-Key": "k-old"}
     await client.put(_url(subject_id), json={"state": "given"}, headers=headers)
     async with app.state.database.write_sessions() as session, session.begin():
-        record = await session.get(IdempotencyRecord, ("app:anonymous", "k-old"))
+        record = await session.get(IdempotencyRecord, ("app:test-app", "k-old"))
         assert record is not None
         record.created_at = datetime.now(UTC) - timedelta(hours=25)
     # Past the retention the key is free again, even for another request.
@@ -129,7 +129,7 @@ async def test_a_key_older_than_the_retention_is_forgotten(
     assert "idempotent-replayed" not in response.headers
 
     async with app.state.database.write_sessions() as session, session.begin():
-        record = await session.get(IdempotencyRecord, ("app:anonymous", "k-old"))
+        record = await session.get(IdempotencyRecord, ("app:test-app", "k-old"))
         assert record is not None
         record.created_at = datetime.now(UTC) - timedelta(hours=25)
     async with app.state.database.write_sessions() as session:

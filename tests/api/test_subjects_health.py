@@ -3,6 +3,7 @@ from fastapi import FastAPI
 
 from app.core.config import Settings
 from app.core.db import Database
+from tests.factories import TEST_SECRET
 
 
 async def test_put_subject_creates_then_replaces(
@@ -35,7 +36,9 @@ async def test_readiness_is_503_when_the_database_is_unreachable(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     working = app.state.database
-    app.state.database = Database(Settings(database_url="postgresql://nobody@127.0.0.1:9/none"))
+    app.state.database = Database(
+        Settings(database_url="postgresql://nobody@127.0.0.1:9/none", secret_key=TEST_SECRET)
+    )
     try:
         response = await client.get("/readyz")
         assert response.status_code == 503

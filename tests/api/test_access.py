@@ -1,0 +1,166 @@
+"""The access matrix: every route of the application, for every kind of caller: the status.
+
+The routes come from the application's own route table; a route missing from ``MATRIX`` fails
+``test_every_route_is_in_the_access_matrix``, so nobody can add a route without deciding who
+may call it.
+"""
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.routing import iter_route_contexts
+
+from app.core.config import Settings
+from app.main import create_app
+from tests.factories import KEYS, OPTIONAL, auth
+
+CALLERS = ("none", "bad", "revoked", "app", "auditor", "officer", "admin", "own", "other")
+STAFF_READERS = frozenset({"app", "auditor", "officer", "admin"})
+
+
+@dataclass(frozen=True)
+class Entry:
+    """Who may call a route (``None``: anyone, no credential needed) and what success looks
+    like. ``own`` is a subject token for the subject in the path, ``other`` one for another."""
+
+    allowed: frozenset[str] | None
+    ok: int = 200
+    body: dict[str, Any] | None = None
+    params: dict[str, str] = field(default_factory=dict)
+
+
+def _allowed(*callers: str) -> frozenset[str]:
+    return frozenset(callers)
+
+
+CONSENT = {"state": "given"}
+MATRIX: dict[tuple[str, str], Entry] = {
+    ("GET", "/healthz"): Entry(None),
+    ("GET", "/readyz"): Entry(None),
+    ("GET", "/openapi.json"): Entry(None),
+    ("GET", "/docs"): Entry(None),
+    ("GET", "/docs/oauth2-redirect"): Entry(None),
+    ("GET", "/redoc"): Entry(None),
+    ("GET", "/v1/catalogue"): Entry(STAFF_READERS | {"own", "other"}),
+    ("PUT", "/v1/subjects/{subject_id}"): Entry(
+        _allowed("app", "officer", "admin"), body={"jurisdiction": "CN"}
+    ),
+    ("GET", "/v1/subjects/{subject_id}"): Entry(STAFF_READERS | {"own"}),
+    ("GET", "/v1/subjects/{subject_id}/consents"): Entry(STAFF_READERS | {"own"}),
+    ("PUT", "/v1/subjects/{subject_id}/consents/{target}/{purpose}"): Entry(
+        _allowed("app", "admin", "own"), body=CONSENT
+    ),
+    ("POST", "/v1/subjects/{subject_id}/consents"): Entry(
+        _allowed("app", "admin", "own"),
+        body={"changes": [{"target": OPTIONAL[0], "purpose": OPTIONAL[1], "state": "given"}]},
+    ),
+    ("GET", "/v1/subjects/{subject_id}/events"): Entry(STAFF_READERS | {"own"}),
+    ("POST", "/v1/subjects/{subject_id}/tokens"): Entry(_allowed("app", "admin"), ok=201),
+    ("POST", "/v1/checks"): Entry(
+        _allowed("app", "admin"),
+        body={
+            "subject_id": "{subject_id}",
+            "items": [dict(zip(("target", "purpose"), OPTIONAL, strict=True))],
+        },
+    ),
+    ("GET", "/v1/checks"): Entry(
+        _allowed("app", "admin"),
+        params={"subject_id": "{subject_id}", "target": OPTIONAL[0], "purpose": OPTIONAL[1]},
+    ),
+    ("GET", "/v1/keys"): Entry(_allowed("admin")),
+    ("POST", "/v1/keys"): Entry(_allowed("admin"), ok=201, body={"role": "auditor"}),
+    ("POST", "/v1/keys/{name}/revocation"): Entry(_allowed("admin")),
+}
+
+
+def _route_table() -> set[tuple[str, str]]:
+    app = create_app(Settings(database_url="sqlite:///unused.db"))
+    return {
+        (method, context.path)
+        for context in iter_route_contexts(app.routes)
+        for method in getattr(context, "methods", None) or ()
+        if method != "HEAD"
+    }
+
+
+def test_every_route_is_in_the_access_matrix() -> None:
+    routes = _route_table()
+    assert routes - MATRIX.keys() == set(), "routes with no entry in the access matrix"
+    assert MATRIX.keys() - routes == set(), "matrix entries for routes that no longer exist"
+
+
+def expected_status(entry: Entry, caller: str) -> int:
+    if entry.allowed is None or caller in entry.allowed:
+        return entry.ok
+    if caller in ("none", "bad", "revoked"):
+        return 401
+    if caller == "other" and "own" in entry.allowed:
+        return 404  # another subject's data looks like no data at all
+    return 403
+
+
+@pytest.fixture
+async def credentials(client: httpx.AsyncClient, subject_id: str) -> dict[str, str | None]:
+    """One credential per kind of caller, for ``subject_id``."""
+    admin = {"Authorization": f"Bearer {KEYS['admin']}"}
+    created = await client.post(
+        "/v1/keys", json={"name": "to-revoke", "role": "app"}, headers=admin
+    )
+    assert created.status_code == 201, created.text
+    revoked = created.json()["key"]
+    assert (await client.post("/v1/keys/to-revoke/revocation", headers=admin)).status_code == 200
+    assert (
+        await client.post("/v1/keys", json={"name": "victim", "role": "auditor"}, headers=admin)
+    ).status_code == 201
+    tokens = {}
+    for who, subject in (("own", subject_id), ("other", f"{subject_id}-other")):
+        response = await client.post(f"/v1/subjects/{subject}/tokens")
+        assert response.status_code == 201, response.text
+        tokens[who] = response.json()["token"]
+    assert (await client.put(f"/v1/subjects/{subject_id}", json={})).status_code in (200, 201)
+    return {
+        "none": None,
+        "bad": "clk_" + "x" * 43,
+        "revoked": revoked,
+        **{role: KEYS[role] for role in ("app", "auditor", "officer", "admin")},
+        **tokens,
+    }
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(MATRIX), ids=lambda v: str(v))
+async def test_access(
+    anonymous: httpx.AsyncClient,
+    credentials: dict[str, str | None],
+    subject_id: str,
+    method: str,
+    path: str,
+) -> None:
+    entry = MATRIX[(method, path)]
+    url = path.format(subject_id=subject_id, target=OPTIONAL[0], purpose=OPTIONAL[1], name="victim")
+    mismatches = []
+    for caller in CALLERS:
+        credential = credentials[caller]
+        body = entry.body
+        if body is not None and path == "/v1/keys":
+            body = body | {"name": f"k-{uuid.uuid4().hex[:8]}"}
+        if body is not None and "subject_id" in body:
+            body = body | {"subject_id": subject_id}
+        params = {k: v.format(subject_id=subject_id) for k, v in entry.params.items()}
+        response = await anonymous.request(
+            method,
+            url,
+            json=body,
+            params=params,
+            headers=auth(credential) if credential else None,
+        )
+        want = expected_status(entry, caller)
+        if response.status_code != want:
+            mismatches.append(
+                f"{caller}: {response.status_code} (want {want}) {response.text[:200]}"
+            )
+        elif want in (401, 403, 404):
+            assert response.headers["content-type"] == "application/problem+json"
+    assert mismatches == [], f"{method} {path}"
