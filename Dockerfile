@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # Build: docker build -t consent-ledger .
-# Run:   docker run -p 8000:8000 -e DATABASE_URL=postgresql://user:pass@db:5432/ledger consent-ledger
+# Run:   docker run -p 8000:8000 -e DATABASE_URL=postgresql://user:pass@db:5432/ledger \
+#          -e CONSENT_LEDGER_SECRET_KEY=... consent-ledger
 
 FROM python:3.11-slim AS build
 WORKDIR /src
