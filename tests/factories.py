@@ -1,12 +1,13 @@
 """Small helpers that make requests the way the app would."""
 
+import secrets
 from typing import Any
 
 import httpx
 
 from app.core.security import ROLES, new_api_key
 
-TEST_SECRET = "test-signing-secret-" + "0123456789abcdefghijklmnopqrstuvwxyz"
+TEST_SECRET = secrets.token_urlsafe(48)  # a fresh signing secret for every test run
 # One key per role, put in every test database. Tests call the API as the mobile app's backend
 # (the ``client`` fixture) unless they ask for another caller.
 KEYS: dict[str, str] = {role: new_api_key() for role in ROLES}

@@ -37,6 +37,11 @@ def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
         ({"CONSENT_LEDGER_SECRET_KEY": "changeme"}, "CONSENT_LEDGER_SECRET_KEY"),
         ({"CONSENT_LEDGER_SECRET_KEY": ""}, "CONSENT_LEDGER_SECRET_KEY"),
         ({"CONSENT_LEDGER_SECRET_KEY": "ab" * 30}, "CONSENT_LEDGER_SECRET_KEY"),
+        ({"CONSENT_LEDGER_SECRET_KEY": "0123456789" * 4}, "CONSENT_LEDGER_SECRET_KEY"),
+        (
+            {"CONSENT_LEDGER_SECRET_KEY": "please-change-this-secret-in-production"},
+            "CONSENT_LEDGER_SECRET_KEY",
+        ),
     ],
 )
 def test_invalid_settings_fail_with_one_clear_line(
@@ -129,3 +134,26 @@ def test_keys_are_created_listed_and_revoked_from_the_command_line(
     missing = run_cli("keys", "revoke", "nobody", env=env, cwd=tmp_path)
     assert missing.returncode == 1
     assert missing.stderr.strip() == "consent-ledger: no key named 'nobody'"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_secret_file_of_another_user_stops_the_embedded_service(tmp_path: Path) -> None:
+    secret = tmp_path / "consent-ledger.secret"
+    secret.write_text("Zq8" + "x7Kp2mV9nR4tL6wB1cD3fG5hJ0" * 2)
+    secret.chmod(0o600)
+    os.chown(secret, 65534, 65534)
+    result = run_cli("serve", env={}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "belongs to another user" in result.stderr
+
+
+def test_a_secret_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    result = run_cli(
+        "serve",
+        env={"CONSENT_LEDGER_SECRET_KEY_FILE": str(tmp_path / "not-a-dir" / "x.secret")},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("consent-ledger: cannot create the signing secret file")
+    assert "Traceback" not in result.stderr

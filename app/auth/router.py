@@ -1,10 +1,17 @@
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Path, Request, status
 
 from app.auth import service
-from app.auth.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyList, ApiKeyPublic, SubjectToken
+from app.auth.schemas import (
+    KEY_NAME_PATTERN,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyPublic,
+    SubjectToken,
+)
 from app.auth.service import KeyNameTaken, KeyNotFound
 from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep, WriteSessionDep
@@ -27,15 +34,16 @@ async def create_subject_token(
     subject_id: SubjectIdPath,
     request: Request,
     settings: SettingsDep,
-    _principal: Annotated[Principal, requires(Scope.TOKENS_CREATE)],
+    principal: Annotated[Principal, requires(Scope.TOKENS_CREATE)],
 ) -> SubjectToken:
     """A short-lived token for one subject's settings screen: it reads and changes that subject's
-    consents and events, and nothing else. It cannot be revoked; keep its lifetime short
-    (`CONSENT_LEDGER_SUBJECT_TOKEN_TTL_SECONDS`, default 15 minutes)."""
+    consents and events, and nothing else. It lives `CONSENT_LEDGER_SUBJECT_TOKEN_TTL_SECONDS`
+    (default 15 minutes) and dies with the key that minted it, if that key is revoked."""
     token, expires_at = mint_subject_token(
         request.app.state.signing_secret,
         subject_id,
         timedelta(seconds=settings.subject_token_ttl_seconds),
+        issued_by=principal.name,
     )
     return SubjectToken(token=token, subject_id=subject_id, expires_at=expires_at)
 
@@ -72,7 +80,11 @@ async def create_key(
     response_model=ApiKeyPublic,
     responses=problem_responses(KeyNotFound),
 )
-async def revoke_key(name: str, session: WriteSessionDep, _principal: ManageKeys) -> ApiKeyPublic:
+async def revoke_key(
+    name: Annotated[str, Path(min_length=1, max_length=64, pattern=KEY_NAME_PATTERN)],
+    session: WriteSessionDep,
+    _principal: ManageKeys,
+) -> ApiKeyPublic:
     """Revoke a key: the next request with it, on any worker, gets 401. Cannot be undone."""
     async with session.begin():
         key = await service.revoke_key(session, name)

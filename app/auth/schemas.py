@@ -5,10 +5,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from app.core.schemas import Instant
 from app.core.security import Role
 
-KeyName = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
-]
+KEY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=KEY_NAME_PATTERN)]
 
 
 class ApiKeyCreate(BaseModel):

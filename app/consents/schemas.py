@@ -10,7 +10,6 @@ from app.core.schemas import NO_CONTROL_CHARACTERS, CatalogueKey, InputInstant, 
 WritableState = Literal["given", "refused", "withdrawn"]
 ConsentState = Literal["not_asked", "given", "refused", "withdrawn", "expired", "revoked"]
 Source = Literal["settings_screen", "onboarding", "permission_prompt", "api", "import"]
-Actor = Literal["subject", "guardian", "app", "staff", "system"]
 
 EvidenceKey = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_]*$")

@@ -175,7 +175,7 @@ async def apply_changes(
             policy_version=policy_version,
             recorded_at=now,
             expires_at=change.expires_at,
-            evidence={**context.evidence, **change.evidence},
+            evidence={**context.evidence, **change.evidence, **_recorded_by(principal)},
             app_version=context.app_version,
             locale=context.locale,
             reason=None,
@@ -218,6 +218,11 @@ async def apply_changes(
     for key in dict.fromkeys(keys):
         results.append(_public(pairs[key], _state(current[key]), cancelled=False, at=now))
     return results
+
+
+def _recorded_by(principal: Principal) -> dict[str, str]:
+    """For a change made with a subject token: the key that minted the token."""
+    return {"recorded_by": principal.issued_by} if principal.issued_by else {}
 
 
 def _item_error(change: Change, msg: str, type_: str) -> FieldError:

@@ -30,19 +30,29 @@ def normalise_database_url(url: str) -> str:
 
 
 MIN_SECRET_LENGTH = 32
-_KNOWN_WEAK_SECRETS = frozenset(
-    {"changeme", "change-me", "changethis", "secret", "password", "consent-ledger", "test", "dev"}
-)
+# Words that give away a placeholder or a value someone typed instead of generating. Six letters
+# or more, so a random value contains one by chance about once in a billion.
+_PLACEHOLDER_WORDS = (
+    "change", "secret", "password", "example", "default", "develop", "placeholder", "replace",
+    "insecure", "consent-ledger",
+)  # fmt: skip
 
 
 def check_secret_strength(secret: str) -> None:
-    """Refuse secrets that someone could guess: empty, short, a known default, or repetitive."""
+    """Refuse secrets someone could guess: empty, short, a placeholder, or repetitive."""
     stripped = secret.strip()
-    if stripped.lower() in _KNOWN_WEAK_SECRETS or not stripped:
-        raise ValueError("is empty or a well-known default; use a long random value")
-    if len(stripped) < MIN_SECRET_LENGTH:
-        raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters of random text")
-    if len(set(stripped)) < 10:
+    if not stripped:
+        raise ValueError("is empty; use a long random value")
+    if not MIN_SECRET_LENGTH <= len(stripped) <= 1024:
+        raise ValueError(f"must be {MIN_SECRET_LENGTH} to 1024 characters of random text")
+    lowered = stripped.lower()
+    if any(word in lowered for word in _PLACEHOLDER_WORDS):
+        raise ValueError("looks like a placeholder, not a random value")
+    repeats = any(
+        stripped == (stripped[:size] * (len(stripped) // size + 1))[: len(stripped)]
+        for size in range(1, len(stripped) // 2 + 1)
+    )
+    if repeats or len(set(stripped)) < 10:
         raise ValueError("is too repetitive to be random; use a long random value")
 
 

@@ -11,10 +11,12 @@ Two kinds of credential arrive as ``Authorization: Bearer <credential>``:
 Routes declare what they need with ``Annotated[Principal, requires(Scope.X)]``.
 """
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import secrets
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -82,9 +84,13 @@ class Principal:
     name: str  # the key's name, or the subject id
     scopes: frozenset[Scope] = field(repr=False)
     subject_id: str | None = None  # set for subject tokens: the one subject they reach
+    issued_by: str | None = None  # for subject tokens: "role:name" of the key that minted it
 
     @property
     def idempotency_scope(self) -> str:
+        """Short and fixed-size for subjects, whose ids may be as long as the column."""
+        if self.subject_id is not None:
+            return "subject:" + hashlib.sha256(self.subject_id.encode()).hexdigest()
         return f"{self.actor}:{self.name}"
 
     def describe(self) -> str:
@@ -108,35 +114,52 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+async def _find_key(database: Database, column: Any, value: str) -> ApiKey | None:
+    async with database.read_sessions() as session, session.begin():
+        return (await session.exec(select(ApiKey).where(column == value))).first()
+
+
 async def _key_principal(database: Database, key: str) -> Principal:
     digest = hash_api_key(key)
-    async with database.read_sessions() as session, session.begin():
-        found = (await session.exec(select(ApiKey).where(ApiKey.key_hash == digest))).first()
+    found = await _find_key(database, ApiKey.key_hash, digest)
     if found is None or not hmac.compare_digest(found.key_hash, digest):
         raise Unauthenticated("The API key is not valid.")
     if found.revoked_at is not None:
         raise Unauthenticated(f"The API key {found.name!r} has been revoked.")
-    now = utcnow()
-    if found.last_used_at is None or now - found.last_used_at >= LAST_USED_RESOLUTION:
-        await _touch(database, found, now)
+    _note_use(database, found)
     role: Role = found.role  # type: ignore[assignment]  # the column only holds roles
     return Principal(actor=role, name=found.name, scopes=ROLE_SCOPES[role])
 
 
-async def _touch(database: Database, key: ApiKey, now: datetime) -> None:
-    """Record the last use, to the minute: at most one small write per key per minute."""
-    async with database.write_sessions() as session, session.begin():
-        await session.exec(
-            update(ApiKey)
-            .where(col(ApiKey.id) == key.id)
-            .where(
-                or_(
-                    col(ApiKey.last_used_at).is_(None),
-                    col(ApiKey.last_used_at) < now - LAST_USED_RESOLUTION,
-                )
+# Keys this process recorded a use of in the last minute, and the background writes doing it.
+_recent_uses: dict[uuid.UUID, datetime] = {}
+_touches: set[asyncio.Task[None]] = set()
+
+
+def _note_use(database: Database, key: ApiKey) -> None:
+    """Record the last use, to the minute, in the background: at most one small write per key
+    per minute per process, and a request never waits for it (nor fails because of it)."""
+    now = utcnow()
+    last = max(filter(None, (key.last_used_at, _recent_uses.get(key.id))), default=None)
+    if last is not None and now - last < LAST_USED_RESOLUTION:
+        return
+    _recent_uses[key.id] = now
+    task = asyncio.create_task(_touch(database, key.id, now.replace(second=0, microsecond=0)))
+    _touches.add(task)
+    task.add_done_callback(_touches.discard)
+
+
+async def _touch(database: Database, key_id: uuid.UUID, minute: datetime) -> None:
+    try:
+        async with database.write_sessions() as session, session.begin():
+            await session.exec(
+                update(ApiKey)
+                .where(col(ApiKey.id) == key_id)
+                .where(or_(col(ApiKey.last_used_at).is_(None), col(ApiKey.last_used_at) < minute))
+                .values(last_used_at=minute)
             )
-            .values(last_used_at=now)
-        )
+    except Exception:  # bookkeeping only: never worth failing a request or crashing the loop
+        logger.warning("could not record the last use of API key %s", key_id, exc_info=True)
 
 
 # --- subject tokens --------------------------------------------------------------------------
@@ -145,21 +168,31 @@ TOKEN_AUDIENCE = "consent-ledger:subject"  # noqa: S105 (a claim value, not a se
 TOKEN_ALGORITHM = "HS256"  # noqa: S105
 
 
-def mint_subject_token(secret: str, subject_id: str, ttl: timedelta) -> tuple[str, datetime]:
+def mint_subject_token(
+    secret: str, subject_id: str, ttl: timedelta, issued_by: str
+) -> tuple[str, datetime]:
+    """A token for ``subject_id``; ``issued_by`` is the name of the key that asked for it, so
+    revoking that key ends its tokens too."""
     now = utcnow()
     expires_at = now + ttl
-    claims = {"sub": subject_id, "aud": TOKEN_AUDIENCE, "iat": now, "exp": expires_at}
+    claims = {
+        "sub": subject_id,
+        "aud": TOKEN_AUDIENCE,
+        "azp": issued_by,
+        "iat": now,
+        "exp": expires_at,
+    }
     return jwt.encode(claims, secret, algorithm=TOKEN_ALGORITHM), expires_at
 
 
-def _token_principal(secret: str, token: str) -> Principal:
+async def _token_principal(database: Database, secret: str, token: str) -> Principal:
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
             secret,
             algorithms=[TOKEN_ALGORITHM],
             audience=TOKEN_AUDIENCE,
-            options={"require": ["sub", "aud", "exp"], "verify_iat": False},
+            options={"require": ["sub", "aud", "exp", "azp"], "verify_iat": False},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("The subject token has expired; ask the app for a new one.") from None
@@ -167,9 +200,18 @@ def _token_principal(secret: str, token: str) -> Principal:
         raise Unauthenticated(
             "The credential is neither a valid API key nor a valid subject token."
         ) from None
-    subject_id = claims["sub"]
+    subject_id, issued_by = claims["sub"], claims["azp"]
+    if not isinstance(subject_id, str) or not isinstance(issued_by, str):
+        raise Unauthenticated("The subject token is malformed.")
+    issuer = await _find_key(database, ApiKey.name, issued_by)
+    if issuer is None or issuer.revoked_at is not None:
+        raise Unauthenticated("The key that issued this subject token has been revoked.")
     return Principal(
-        actor="subject", name=subject_id, scopes=SUBJECT_TOKEN_SCOPES, subject_id=subject_id
+        actor="subject",
+        name=subject_id,
+        scopes=SUBJECT_TOKEN_SCOPES,
+        subject_id=subject_id,
+        issued_by=f"{issuer.role}:{issuer.name}",
     )
 
 
@@ -195,7 +237,7 @@ async def authenticate(
     if credential.startswith(KEY_PREFIX):
         return await _key_principal(database, credential)
     secret: str = request.app.state.signing_secret
-    return _token_principal(secret, credential)
+    return await _token_principal(database, secret, credential)
 
 
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
@@ -218,10 +260,7 @@ def requires(scope: Scope) -> Any:
         if principal.subject_id is not None and scope not in _UNBOUND_SCOPES:
             subject_id = request.path_params.get("subject_id")
             if subject_id is None:
-                raise Forbidden(
-                    "A subject token reaches only its own subject's routes.",
-                    missing_scope=scope.value,
-                )
+                raise Forbidden("A subject token reaches only its own subject's routes.")
             if subject_id != principal.subject_id:
                 raise SubjectNotFound(f"no subject {subject_id!r}")
         return principal

@@ -48,9 +48,12 @@ def _create(path: Path) -> None:
     """Write a new secret so that no reader ever sees a half-written file, even if several
     workers start at once: write a private temporary file, then link it into place (which fails
     if another process got there first)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise SecretError(f"cannot create the signing secret file {path}: {exc}") from None
     try:
         with os.fdopen(descriptor, "w") as handle:
             handle.write(secrets.token_urlsafe(48) + "\n")
@@ -58,14 +61,21 @@ def _create(path: Path) -> None:
             os.fsync(handle.fileno())
         with contextlib.suppress(FileExistsError):  # another worker made it first: use theirs
             os.link(temporary, path)
+    except OSError as exc:
+        raise SecretError(f"cannot create the signing secret file {path}: {exc}") from None
     finally:
         temporary.unlink(missing_ok=True)
 
 
 def _read(path: Path) -> str:
     try:
-        mode = path.stat().st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        status = path.stat()
+        if status.st_uid != os.getuid():
+            raise SecretError(
+                f"the signing secret file {path} belongs to another user; "
+                "remove it (a new one is made) or set CONSENT_LEDGER_SECRET_KEY"
+            )
+        if status.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise SecretError(
                 f"the signing secret file {path} can be read by other users; "
                 f"run `chmod 600 {path}` and start again"

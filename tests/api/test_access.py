@@ -23,10 +23,12 @@ STAFF_READERS = frozenset({"app", "auditor", "officer", "admin"})
 
 @dataclass(frozen=True)
 class Entry:
-    """Who may call a route (``None``: anyone, no credential needed) and what success looks
-    like. ``own`` is a subject token for the subject in the path, ``other`` one for another."""
+    """The scope a route checks, who may call it (``allowed``; ``None`` when the route is public)
+    and what success looks like. ``own`` is a subject token for the subject in the path,
+    ``other`` one for another subject."""
 
-    allowed: frozenset[str] | None
+    scope: str | None  # what the route checks; None: a public route
+    allowed: frozenset[str] | None = None
     ok: int = 200
     body: dict[str, Any] | None = None
     params: dict[str, str] = field(default_factory=dict)
@@ -44,22 +46,26 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/docs"): Entry(None),
     ("GET", "/docs/oauth2-redirect"): Entry(None),
     ("GET", "/redoc"): Entry(None),
-    ("GET", "/v1/catalogue"): Entry(STAFF_READERS | {"own", "other"}),
+    ("GET", "/v1/catalogue"): Entry("catalogue:read", STAFF_READERS | {"own", "other"}),
     ("PUT", "/v1/subjects/{subject_id}"): Entry(
-        _allowed("app", "officer", "admin"), body={"jurisdiction": "CN"}
+        "subjects:write", _allowed("app", "officer", "admin"), body={"jurisdiction": "CN"}
     ),
-    ("GET", "/v1/subjects/{subject_id}"): Entry(STAFF_READERS | {"own"}),
-    ("GET", "/v1/subjects/{subject_id}/consents"): Entry(STAFF_READERS | {"own"}),
+    ("GET", "/v1/subjects/{subject_id}"): Entry("subjects:read", STAFF_READERS | {"own"}),
+    ("GET", "/v1/subjects/{subject_id}/consents"): Entry("consents:read", STAFF_READERS | {"own"}),
     ("PUT", "/v1/subjects/{subject_id}/consents/{target}/{purpose}"): Entry(
-        _allowed("app", "admin", "own"), body=CONSENT
+        "consents:write", _allowed("app", "admin", "own"), body=CONSENT
     ),
     ("POST", "/v1/subjects/{subject_id}/consents"): Entry(
+        "consents:write",
         _allowed("app", "admin", "own"),
         body={"changes": [{"target": OPTIONAL[0], "purpose": OPTIONAL[1], "state": "given"}]},
     ),
-    ("GET", "/v1/subjects/{subject_id}/events"): Entry(STAFF_READERS | {"own"}),
-    ("POST", "/v1/subjects/{subject_id}/tokens"): Entry(_allowed("app", "admin"), ok=201),
+    ("GET", "/v1/subjects/{subject_id}/events"): Entry("consents:read", STAFF_READERS | {"own"}),
+    ("POST", "/v1/subjects/{subject_id}/tokens"): Entry(
+        "tokens:create", _allowed("app", "admin"), ok=201
+    ),
     ("POST", "/v1/checks"): Entry(
+        "checks:run",
         _allowed("app", "admin"),
         body={
             "subject_id": "{subject_id}",
@@ -67,12 +73,13 @@ MATRIX: dict[tuple[str, str], Entry] = {
         },
     ),
     ("GET", "/v1/checks"): Entry(
+        "checks:run",
         _allowed("app", "admin"),
         params={"subject_id": "{subject_id}", "target": OPTIONAL[0], "purpose": OPTIONAL[1]},
     ),
-    ("GET", "/v1/keys"): Entry(_allowed("admin")),
-    ("POST", "/v1/keys"): Entry(_allowed("admin"), ok=201, body={"role": "auditor"}),
-    ("POST", "/v1/keys/{name}/revocation"): Entry(_allowed("admin")),
+    ("GET", "/v1/keys"): Entry("keys:manage", _allowed("admin")),
+    ("POST", "/v1/keys"): Entry("keys:manage", _allowed("admin"), ok=201, body={"role": "auditor"}),
+    ("POST", "/v1/keys/{name}/revocation"): Entry("keys:manage", _allowed("admin")),
 }
 
 
@@ -163,4 +170,6 @@ async def test_access(
             )
         elif want in (401, 403, 404):
             assert response.headers["content-type"] == "application/problem+json"
+            if want == 403 and response.json().get("missing_scope") != entry.scope:
+                mismatches.append(f"{caller}: 403 names {response.json().get('missing_scope')}")
     assert mismatches == [], f"{method} {path}"

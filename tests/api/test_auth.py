@@ -1,9 +1,10 @@
 """API keys, subject tokens and who the ledger says made each change."""
 
+import asyncio
 import base64
 import hashlib
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import jwt
@@ -57,12 +58,14 @@ async def test_a_key_records_when_it_was_last_used(client: httpx.AsyncClient) ->
     before = created.json()
     assert before["last_used_at"] is None
     assert (await client.get("/v1/catalogue", headers=auth(before["key"]))).status_code == 200
-    [after] = [
-        k
-        for k in (await client.get("/v1/keys", headers=ADMIN)).json()["items"]
-        if k["name"] == "crm"
-    ]
+    for _ in range(100):  # recorded in the background, so that no request waits for it
+        keys = (await client.get("/v1/keys", headers=ADMIN)).json()["items"]
+        [after] = [k for k in keys if k["name"] == "crm"]
+        if after["last_used_at"] is not None:
+            break
+        await asyncio.sleep(0.02)
     assert after["last_used_at"] is not None
+    assert after["last_used_at"].endswith(":00.000000Z")  # to the minute
 
 
 async def test_a_revoked_key_gets_401_at_once(client: httpx.AsyncClient) -> None:
@@ -191,12 +194,20 @@ async def test_tampered_expired_and_wrongly_signed_tokens_get_401(
     url = f"/v1/subjects/{subject_id}/consents"
     assert (await anonymous.get(url, headers=auth(token))).status_code == 200
 
-    expired, _ = mint_subject_token(TEST_SECRET, subject_id, timedelta(seconds=-1))
+    expired, _ = mint_subject_token(TEST_SECRET, subject_id, timedelta(seconds=-1), "test-app")
     wrong_key, _ = mint_subject_token(
-        "another-secret-" + "x1y2z3" * 8, subject_id, timedelta(minutes=5)
+        "another-key-" + "x1y2z3" * 8, subject_id, timedelta(minutes=5), "test-app"
     )
     unsigned = jwt.encode({"sub": subject_id}, key=None, algorithm="none")  # type: ignore[arg-type]
+    in_an_hour = datetime.now(UTC) + timedelta(hours=1)
+    claims = {"sub": subject_id, "azp": "test-app", "exp": in_an_hour}
+    other_audience = jwt.encode(claims | {"aud": "another-service"}, TEST_SECRET)
+    no_audience = jwt.encode(claims, TEST_SECRET)
+    unknown_issuer, _ = mint_subject_token(TEST_SECRET, subject_id, timedelta(minutes=5), "nobody")
     for bad, detail in (
+        (other_audience, "neither"),
+        (no_audience, "neither"),
+        (unknown_issuer, "revoked"),
         (_forge(token, sub="someone-else"), "neither"),
         (_forge(token, exp=4102444800), "neither"),
         (token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), "neither"),
@@ -238,3 +249,41 @@ async def test_private_docs_need_a_credential(database_url: str) -> None:
             assert response.status_code == 200
             assert "/v1/checks" in response.json()["paths"]
             assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_revoking_a_key_ends_the_subject_tokens_it_minted(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient, subject_id: str
+) -> None:
+    created = await client.post(
+        "/v1/keys", json={"name": "backend-2", "role": "app"}, headers=ADMIN
+    )
+    minted = await anonymous.post(
+        f"/v1/subjects/{subject_id}/tokens", headers=auth(created.json()["key"])
+    )
+    token = auth(minted.json()["token"])
+    url = f"/v1/subjects/{subject_id}/consents/{OPTIONAL[0]}/{OPTIONAL[1]}"
+    assert (await anonymous.put(url, json={"state": "given"}, headers=token)).status_code == 200
+    [event] = await all_events(client, subject_id)
+    assert event["evidence"]["recorded_by"] == "app:backend-2"
+    await client.post("/v1/keys/backend-2/revocation", headers=ADMIN)
+    response = await anonymous.put(url, json={"state": "withdrawn"}, headers=token)
+    assert response.status_code == 401
+    assert "revoked" in response.json()["detail"]
+
+
+async def test_a_token_for_a_255_character_subject_id_can_use_idempotency_keys(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    subject_id = "s" * 255
+    token = auth(await _token(client, subject_id))
+    url = f"/v1/subjects/{subject_id}/consents/{OPTIONAL[0]}/{OPTIONAL[1]}"
+    headers = token | {"Idempotency-Key": "k-long"}
+    first = await anonymous.put(url, json={"state": "given"}, headers=headers)
+    again = await anonymous.put(url, json={"state": "given"}, headers=headers)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.headers["idempotent-replayed"] == "true"
+
+
+async def test_key_names_in_paths_are_validated(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/keys/a%00b/revocation", headers=ADMIN)
+    assert response.status_code == 422
