@@ -7,7 +7,8 @@ there first); reads use a plain ``BEGIN`` and, under WAL, never wait for writers
 both are ordinary READ COMMITTED transactions; writers serialise per subject with a row lock.
 """
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -76,7 +77,17 @@ class Database:
             autoflush=False,
         )
 
+        self._background: set[asyncio.Task[None]] = set()
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run small bookkeeping writes without making a request wait; finished by dispose()."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def dispose(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
         await self.engine.dispose()
 
 

@@ -11,7 +11,6 @@ Two kinds of credential arrive as ``Authorization: Bearer <credential>``:
 Routes declare what they need with ``Annotated[Principal, requires(Scope.X)]``.
 """
 
-import asyncio
 import hashlib
 import hmac
 import logging
@@ -131,9 +130,8 @@ async def _key_principal(database: Database, key: str) -> Principal:
     return Principal(actor=role, name=found.name, scopes=ROLE_SCOPES[role])
 
 
-# Keys this process recorded a use of in the last minute, and the background writes doing it.
+# Keys this process recorded a use of in the last minute.
 _recent_uses: dict[uuid.UUID, datetime] = {}
-_touches: set[asyncio.Task[None]] = set()
 
 
 def _note_use(database: Database, key: ApiKey) -> None:
@@ -144,9 +142,7 @@ def _note_use(database: Database, key: ApiKey) -> None:
     if last is not None and now - last < LAST_USED_RESOLUTION:
         return
     _recent_uses[key.id] = now
-    task = asyncio.create_task(_touch(database, key.id, now.replace(second=0, microsecond=0)))
-    _touches.add(task)
-    task.add_done_callback(_touches.discard)
+    database.in_background(_touch(database, key.id, now.replace(second=0, microsecond=0)))
 
 
 async def _touch(database: Database, key_id: uuid.UUID, minute: datetime) -> None:
