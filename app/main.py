@@ -25,6 +25,8 @@ from app.core.migrate import current_revision, head_revision
 from app.core.security import Principal, Scope, requires
 from app.core.signing import load_signing_secret
 from app.health import router as health_router
+from app.permissions.router import router as permissions_router
+from app.policies.router import router as policies_router
 from app.subjects.router import router as subjects_router
 
 logger = logging.getLogger("consent_ledger")
@@ -99,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         subjects_router,
         consents_router,
         checks_router,
+        policies_router,
+        permissions_router,
     ):
         app.include_router(router)
     return app

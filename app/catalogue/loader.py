@@ -42,6 +42,9 @@ class PurposeEntry(_Entry):
     necessary: bool = False
     separate_consent: bool = False
     targets: tuple[str, ...] = Field(min_length=1)
+    validity_days: int | None = Field(
+        default=None, ge=1, le=36500, description="A consent lapses this long after it is given."
+    )
 
     @model_validator(mode="after")
     def _necessary_needs_contract(self) -> "PurposeEntry":

@@ -23,6 +23,7 @@ class PurposePublic(BaseModel):
     necessary: bool
     separate_consent: bool
     targets: list[str]
+    validity_days: int | None
     cites: str
     inferred: str | None
 

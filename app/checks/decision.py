@@ -8,16 +8,27 @@ Rules, in order (DESIGN.md, "The decision"):
   1. the pair exists in the catalogue            (checked by the caller: a 422, not a decision)
   2. the account is not cancelled                -> ``account_cancelled``
   3. contract basis and necessary                -> allowed, ``necessary``
-  4. a consent was recorded                      -> ``not_asked``
+  4. a consent was recorded                      -> ``not_asked`` (for a child with no guardian
+                                                    on file: ``guardian_consent_required``, so
+                                                    the app never prompts a child)
      and it is ``given``                         -> ``refused`` / ``withdrawn`` / ``revoked``
      and it has not lapsed                       -> ``expired``
-  5. otherwise                                   -> allowed, ``consent_given``
-Policy re-consent, guardians and OS permission state slot in between 4 and 5.
+     under a policy version no material change
+     to its purpose has superseded               -> ``reconsent_required``
+     given after a guardian was on file, if the
+     subject is a child                          -> ``guardian_consent_required``
+  5. for a permission on a named device, the OS
+     state allows it                             -> ``os_denied``
+  6. otherwise                                   -> allowed, ``consent_given``
+
+Every decision on a permission target also says whether the app may show the prompt now
+(``may_prompt``), when it may next (``next_prompt_after``), or that only the system settings can
+change it (``settings_required``).
 """
 
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Literal
 
 from app.catalogue.loader import Pair
@@ -31,14 +42,23 @@ Reason = Literal[
     "withdrawn",
     "revoked",
     "expired",
+    "reconsent_required",
+    "guardian_consent_required",
+    "os_denied",
 ]
-
 
 _DENIED_BY_STATE: dict[str, Reason] = {
     "refused": "refused",
     "withdrawn": "withdrawn",
     "revoked": "revoked",
 }
+# OS states in which the app may use the permission (``provisional``: iOS quiet notifications).
+OS_ALLOWS = frozenset({"granted", "granted_limited", "granted_once", "provisional"})
+# OS states no prompt can change: only the user, in the system settings, can.
+OS_SETTINGS_ONLY = frozenset({"denied_permanent", "restricted"})
+OS_DENIALS = frozenset({"denied", "denied_permanent"})
+# Reasons after which the app must not ask the user at all.
+_NO_PROMPT = frozenset({"account_cancelled", "guardian_consent_required"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +73,54 @@ class ConsentState:
 
 
 @dataclass(frozen=True, slots=True)
+class SubjectFacts:
+    """What the decision needs to know about the subject at the instant it decides for."""
+
+    cancelled: bool = False
+    child: bool = False
+    # When a verified guardian's consent was first on file (None: never). A child's consent is
+    # backed by the guardian only if it was given after that.
+    guardian_since: datetime | None = None
+
+    def backs(self, consent: ConsentState) -> bool:
+        if not self.child:
+            return True
+        return self.guardian_since is not None and consent.recorded_at >= self.guardian_since
+
+    @property
+    def unguarded_child(self) -> bool:
+        return self.child and self.guardian_since is None
+
+
+@dataclass(frozen=True)
+class Policies:
+    """Published policy versions: when each took effect, and the material changes."""
+
+    effective_at: dict[str, datetime] = field(default_factory=dict)
+    # (effective_at, version, purposes affected) of every material version
+    material: tuple[tuple[datetime, str, frozenset[str]], ...] = ()
+
+    def superseded_by(self, version: str, purpose: str, at: datetime) -> str | None:
+        """The material version in effect at ``at`` that superseded ``version`` for ``purpose``."""
+        given_under = self.effective_at.get(version)
+        if given_under is None:
+            return None
+        latest = None
+        for effective_at, material_version, purposes in self.material:
+            if given_under < effective_at <= at and purpose in purposes:
+                latest = material_version
+        return latest
+
+
+@dataclass(frozen=True, slots=True)
+class OsState:
+    """The last OS observation of a permission on one device."""
+
+    state: str
+    last_denied_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     target: str
     purpose: str
@@ -61,35 +129,95 @@ class Decision:
     state: str
     event_id: uuid.UUID | None
     policy_version: str | None
+    may_prompt: bool | None = None
+    next_prompt_after: datetime | None = None
+    settings_required: bool | None = None
 
 
-def decide(pair: Pair, consent: ConsentState | None, *, cancelled: bool, at: datetime) -> Decision:
-    target, purpose = pair.target.key, pair.purpose.key
-
-    def deny(reason: Reason, state: str) -> Decision:
-        return Decision(
-            target,
-            purpose,
-            False,
-            reason,
-            state,
-            consent.event_id if consent else None,
-            consent.policy_version if consent else None,
-        )
-
+def decide(
+    pair: Pair,
+    consent: ConsentState | None,
+    *,
+    subject: SubjectFacts,
+    policies: Policies,
+    at: datetime,
+    os: OsState | None = None,
+    device: bool = False,
+    prompt_cooldown: timedelta = timedelta(hours=48),
+) -> Decision:
+    """``device``: the check named a device, so the OS state of ``pair``'s permission counts (an
+    unobserved permission counts as ``not_determined``)."""
     state = consent.state if consent else "not_asked"
     if consent and state == "given" and consent.expires_at is not None and consent.expires_at <= at:
         state = "expired"
-    if cancelled:
-        return deny("account_cancelled", state)
-    if pair.necessary:
-        return Decision(target, purpose, True, "necessary", state, None, None)
-    if consent is None:
-        return deny("not_asked", state)
-    if consent.state != "given":
-        return deny(_DENIED_BY_STATE.get(consent.state, "not_asked"), state)
-    if state == "expired":
-        return deny("expired", state)
-    return Decision(
-        target, purpose, True, "consent_given", state, consent.event_id, consent.policy_version
+    reason = _reason(pair, consent, state, subject, policies, at)
+    os_state = os.state if os else "not_determined"  # never observed: the app has not asked yet
+    if reason is None and pair.target.kind == "permission" and device and os_state not in OS_ALLOWS:
+        reason = "os_denied"
+    allowed = reason is None or reason == "necessary"
+    decision = Decision(
+        target=pair.target.key,
+        purpose=pair.purpose.key,
+        allowed=allowed,
+        reason=reason or "consent_given",
+        state=state,
+        event_id=consent.event_id if consent and reason != "necessary" else None,
+        policy_version=consent.policy_version if consent and reason != "necessary" else None,
     )
+    if pair.target.kind != "permission":
+        return decision
+    return _with_prompt_advice(decision, consent, subject, os, at, prompt_cooldown)
+
+
+def _reason(
+    pair: Pair,
+    consent: ConsentState | None,
+    state: str,
+    subject: SubjectFacts,
+    policies: Policies,
+    at: datetime,
+) -> Reason | None:
+    if subject.cancelled:
+        return "account_cancelled"
+    if pair.necessary:
+        return "necessary"
+    if consent is None:
+        # Never asked, and nobody may ask a child: a guardian has to be on file first.
+        return "guardian_consent_required" if subject.unguarded_child else "not_asked"
+    if consent.state != "given":
+        return _DENIED_BY_STATE.get(consent.state, "not_asked")
+    if state == "expired":
+        return "expired"
+    if policies.superseded_by(consent.policy_version, pair.purpose.key, at):
+        return "reconsent_required"
+    if not subject.backs(consent):
+        return "guardian_consent_required"
+    return None
+
+
+def _with_prompt_advice(
+    decision: Decision,
+    consent: ConsentState | None,
+    subject: SubjectFacts,
+    os: OsState | None,
+    at: datetime,
+    cooldown: timedelta,
+) -> Decision:
+    """No prompt when it is pointless (already allowed), forbidden (a cancelled account, a child
+    with no guardian on file), or only the system settings can help; none within ``cooldown`` of
+    the user's last refusal of this target for this purpose, in the app's dialog or the OS's."""
+    if decision.allowed or decision.reason in _NO_PROMPT or subject.unguarded_child:
+        return replace(decision, may_prompt=False, settings_required=False)
+    if os is not None and os.state in OS_SETTINGS_ONLY:
+        return replace(decision, may_prompt=False, settings_required=True)
+    refusals = [os.last_denied_at] if os is not None and os.last_denied_at is not None else []
+    if consent is not None and consent.state in ("refused", "withdrawn"):
+        refusals.append(consent.recorded_at)
+    if refusals and at < max(refusals) + cooldown:
+        return replace(
+            decision,
+            may_prompt=False,
+            next_prompt_after=max(refusals) + cooldown,
+            settings_required=False,
+        )
+    return replace(decision, may_prompt=True, settings_required=False)

@@ -7,6 +7,7 @@ from app.catalogue.router import CatalogueDep
 from app.catalogue.service import resolve_pair
 from app.checks import service
 from app.checks.schemas import CheckRequest, CheckResponse, DecisionPublic
+from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep
 from app.core.errors import InvalidInput, problem_responses
 from app.core.schemas import NO_CONTROL_CHARACTERS, SUBJECT_ID_DESCRIPTION
@@ -26,6 +27,7 @@ RunChecks = Annotated[Principal, requires(Scope.CHECKS_RUN)]
 async def check_many(
     payload: CheckRequest,
     catalogue: CatalogueDep,
+    settings: SettingsDep,
     session: ReadSessionDep,
     _principal: RunChecks,
 ) -> CheckResponse:
@@ -35,7 +37,9 @@ async def check_many(
         for i, item in enumerate(payload.items)
     ]
     async with session.begin():
-        decisions = await service.check(session, payload.subject_id, pairs)
+        decisions = await service.check(
+            session, settings, payload.subject_id, pairs, payload.device_id
+        )
     return CheckResponse(
         subject_id=payload.subject_id,
         decisions=[DecisionPublic(**asdict(d)) for d in decisions],
@@ -61,11 +65,16 @@ async def check_one(
     target: Annotated[str, Query(min_length=1, max_length=64)],
     purpose: Annotated[str, Query(min_length=1, max_length=64)],
     catalogue: CatalogueDep,
+    settings: SettingsDep,
     session: ReadSessionDep,
     _principal: RunChecks,
+    device_id: Annotated[
+        str | None,
+        Query(min_length=1, max_length=128, pattern=NO_CONTROL_CHARACTERS),
+    ] = None,
 ) -> CheckResponse:
     """One decision, in the same shape as ``POST /v1/checks``."""
     pair = resolve_pair(catalogue, target, purpose, ("query",))
     async with session.begin():
-        [decision] = await service.check(session, subject_id, [pair])
+        [decision] = await service.check(session, settings, subject_id, [pair], device_id)
     return CheckResponse(subject_id=subject_id, decisions=[DecisionPublic(**asdict(decision))])

@@ -3,7 +3,8 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.checks.decision import Reason
-from app.core.schemas import CatalogueKey, SubjectId
+from app.core.schemas import CatalogueKey, Instant, SubjectId
+from app.permissions.schemas import DeviceId
 
 
 class CheckItem(BaseModel):
@@ -18,6 +19,11 @@ class CheckRequest(BaseModel):
 
     subject_id: SubjectId
     items: list[CheckItem] = Field(min_length=1, max_length=100)
+    device_id: DeviceId | None = Field(
+        default=None,
+        description="The device asking: permission targets then also need an OS state that "
+        "allows use (see PUT …/devices/{device_id}/permissions/{target}).",
+    )
 
 
 class DecisionPublic(BaseModel):
@@ -30,6 +36,17 @@ class DecisionPublic(BaseModel):
         description="The ledger event that justifies the decision; store it with what you collect."
     )
     policy_version: str | None
+    may_prompt: bool | None = Field(
+        default=None, description="Permissions only: whether the app may show the prompt now."
+    )
+    next_prompt_after: Instant | None = Field(
+        default=None, description="Permissions only: not before this instant (after a refusal)."
+    )
+    settings_required: bool | None = Field(
+        default=None,
+        description="Permissions only: the OS will not prompt again; send the user to the "
+        "system settings instead.",
+    )
 
 
 class CheckResponse(BaseModel):

@@ -1,26 +1,43 @@
-"""The check: the hot path. Two indexed reads (the subject, its consents for the pairs asked),
-no cache, so a withdrawal committed before the check began is always seen."""
+"""The check: the hot path. A few indexed reads (the subject, the policy versions, its consents
+for the pairs asked, and the OS state when a device is named), no cache, so a withdrawal or a
+policy change committed before the check began is always seen."""
 
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Pair
-from app.checks.decision import ConsentState, Decision, decide
+from app.checks.decision import ConsentState, Decision, OsState, SubjectFacts, decide
+from app.core.config import Settings
 from app.core.types import utcnow
-from app.models import Consent, Subject
+from app.models import Consent, PermissionObservation, Subject
+from app.policies.service import load_policies
+from app.subjects.age import is_child
 
 
-async def check(session: AsyncSession, subject_id: str, pairs: Sequence[Pair]) -> list[Decision]:
-    status = (await session.exec(select(Subject.status).where(Subject.id == subject_id))).first()
+async def check(
+    session: AsyncSession,
+    settings: Settings,
+    subject_id: str,
+    pairs: Sequence[Pair],
+    device_id: str | None = None,
+) -> list[Decision]:
+    now = utcnow()
+    subject = await session.get(Subject, subject_id)
+    facts = SubjectFacts(
+        cancelled=subject is not None and subject.status == "cancelled",
+        child=subject is not None and is_child(subject, settings, now),
+        guardian_since=subject.guardian_verified_at if subject is not None else None,
+    )
+    policies = await load_policies(session)
     targets = {p.target.key for p in pairs}
-    purposes = {p.purpose.key for p in pairs}
     rows = await session.exec(
         select(Consent).where(
             Consent.subject_id == subject_id,
             col(Consent.target_key).in_(targets),
-            col(Consent.purpose_key).in_(purposes),
+            col(Consent.purpose_key).in_({p.purpose.key for p in pairs}),
         )
     )
     consents = {
@@ -29,9 +46,27 @@ async def check(session: AsyncSession, subject_id: str, pairs: Sequence[Pair]) -
         )
         for r in rows
     }
-    now = utcnow()
-    cancelled = status == "cancelled"
+    os: dict[str, OsState] = {}
+    if device_id is not None and any(p.target.kind == "permission" for p in pairs):
+        observations = await session.exec(
+            select(PermissionObservation).where(
+                PermissionObservation.subject_id == subject_id,
+                PermissionObservation.device_id == device_id,
+                col(PermissionObservation.target_key).in_(targets),
+            )
+        )
+        os = {o.target_key: OsState(o.state, o.last_denied_at) for o in observations}
+    cooldown = timedelta(hours=settings.prompt_cooldown_hours)
     return [
-        decide(p, consents.get((p.target.key, p.purpose.key)), cancelled=cancelled, at=now)
+        decide(
+            p,
+            consents.get((p.target.key, p.purpose.key)),
+            subject=facts,
+            policies=policies,
+            at=now,
+            os=os.get(p.target.key),
+            device=device_id is not None,
+            prompt_cooldown=cooldown,
+        )
         for p in pairs
     ]

@@ -6,21 +6,36 @@ from app.catalogue.router import CatalogueDep
 from app.consents import events as events_service
 from app.consents import service
 from app.consents.schemas import ConsentBatch, ConsentList, ConsentPublic, ConsentSet, EventPublic
-from app.consents.service import NotConsentBased, NothingToWithdraw, SubjectCancelled
+from app.consents.service import (
+    GuardianConsentRequired,
+    NotConsentBased,
+    NothingToWithdraw,
+    PolicyVersionSuperseded,
+    SeparateConsentRequired,
+    SubjectCancelled,
+)
+from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep, WriteSessionDep
-from app.core.errors import FieldError, InvalidInput, problem_responses
+from app.core.errors import FieldError, InvalidInput, SubjectNotFound, problem_responses
 from app.core.idempotency import WritesDep
 from app.core.pagination import CursorQuery, LimitQuery, Page
 from app.core.schemas import CatalogueKey, InputInstant, SubjectIdPath
 from app.core.security import Principal, Scope, requires
-from app.subjects.service import SubjectNotFound
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"])
 
 ReadConsents = Annotated[Principal, requires(Scope.CONSENTS_READ)]
 WriteConsents = Annotated[Principal, requires(Scope.CONSENTS_WRITE)]
 
-WRITE_ERRORS = problem_responses(InvalidInput, NotConsentBased, NothingToWithdraw, SubjectCancelled)
+WRITE_ERRORS = problem_responses(
+    InvalidInput,
+    SeparateConsentRequired,
+    NotConsentBased,
+    NothingToWithdraw,
+    SubjectCancelled,
+    GuardianConsentRequired,
+    PolicyVersionSuperseded,
+)
 
 
 @router.get(
@@ -32,6 +47,7 @@ WRITE_ERRORS = problem_responses(InvalidInput, NotConsentBased, NothingToWithdra
 async def list_consents(
     subject_id: SubjectIdPath,
     catalogue: CatalogueDep,
+    settings: SettingsDep,
     session: ReadSessionDep,
     _principal: ReadConsents,
     as_of: Annotated[
@@ -43,7 +59,7 @@ async def list_consents(
 ) -> ConsentList:
     """Every (target, purpose) the catalogue allows, with its state and decision."""
     async with session.begin():
-        return await service.list_consents(session, catalogue, subject_id, as_of)
+        return await service.list_consents(session, catalogue, settings, subject_id, as_of)
 
 
 @router.put(
@@ -58,6 +74,7 @@ async def set_consent(
     purpose: CatalogueKey,
     payload: ConsentSet,
     catalogue: CatalogueDep,
+    settings: SettingsDep,
     session: WriteSessionDep,
     principal: WriteConsents,
     writes: WritesDep,
@@ -74,7 +91,9 @@ async def set_consent(
     )
 
     async def work() -> tuple[int, ConsentPublic]:
-        [result] = await service.apply_changes(session, principal, subject_id, [change], payload)
+        [result] = await service.apply_changes(
+            session, principal, settings, subject_id, [change], payload
+        )
         return 200, result
 
     return await writes.run(payload, work)
@@ -90,6 +109,7 @@ async def set_consents(
     subject_id: SubjectIdPath,
     payload: ConsentBatch,
     catalogue: CatalogueDep,
+    settings: SettingsDep,
     session: WriteSessionDep,
     principal: WriteConsents,
     writes: WritesDep,
@@ -121,7 +141,9 @@ async def set_consents(
         )
 
     async def work() -> tuple[int, ConsentList]:
-        items = await service.apply_changes(session, principal, subject_id, changes, payload)
+        items = await service.apply_changes(
+            session, principal, settings, subject_id, changes, payload
+        )
         return 200, ConsentList(subject_id=subject_id, as_of=None, items=items)
 
     return await writes.run(payload, work)

@@ -78,6 +78,9 @@ class ConsentPublic(BaseModel):
     expires_at: Instant | None
     allowed: bool
     reason: str
+    renewal_required: bool = Field(
+        description="Given under a policy version a material change superseded: ask again."
+    )
 
 
 class ConsentList(BaseModel):

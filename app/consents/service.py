@@ -3,21 +3,24 @@ the current state in the same transaction; nothing here updates or deletes an ev
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Catalogue, Pair
-from app.catalogue.service import current_policy_version, policy_version_exists, resolve_pair
-from app.checks.decision import ConsentState, decide
+from app.catalogue.service import current_policy_version, resolve_pair
+from app.checks.decision import ConsentState, Policies, SubjectFacts, decide
 from app.consents.ledger import event_hash
 from app.consents.schemas import ChangeContext, ConsentList, ConsentPublic
+from app.core.config import Settings
 from app.core.errors import Conflict, FieldError, InvalidInput
 from app.core.security import Principal
 from app.core.types import utcnow, uuid7
-from app.models import Consent, ConsentEvent
-from app.subjects.service import get_subject, lock_subject
+from app.models import Consent, ConsentEvent, Subject
+from app.policies.service import load_policies
+from app.subjects.age import is_child
+from app.subjects.service import get_subject, latest_guardian, lock_subject
 
 
 class NotConsentBased(Conflict):
@@ -78,107 +81,95 @@ def validate_change(
     return Change(pair, state, expires_at, evidence, loc)
 
 
-async def apply_changes(
+class SeparateConsentRequired(InvalidInput):
+    slug = "separate-consent-required"
+    title = "Separate consent required"
+
+
+class GuardianConsentRequired(Conflict):
+    slug = "guardian-consent-required"
+    title = "Guardian consent required"
+
+
+class PolicyVersionSuperseded(Conflict):
+    slug = "policy-version-superseded"
+    title = "Policy version superseded"
+
+
+def needs_separate_consent(pair: Pair) -> bool:
+    """Sensitive data, and purposes the law wants asked on their own (PIPL arts. 23, 25, 29, 39)."""
+    return pair.target.sensitive or pair.target.separate_consent or pair.purpose.separate_consent
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """One event to append: the change and who made it, how."""
+
+    target: str
+    purpose: str
+    state: str
+    expires_at: datetime | None
+    evidence: dict[str, str]
+    actor: str
+    actor_id: str | None
+    source: str
+    policy_version: str
+    reason: str | None = None
+    app_version: str | None = None
+    locale: str | None = None
+
+
+async def current_consents(
+    session: AsyncSession, subject_id: str, pairs: Sequence[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], Consent]:
+    statement = select(Consent).where(Consent.subject_id == subject_id)
+    if pairs is not None:
+        statement = statement.where(
+            col(Consent.target_key).in_({t for t, _ in pairs}),
+            col(Consent.purpose_key).in_({p for _, p in pairs}),
+        )
+    return {(row.target_key, row.purpose_key): row for row in await session.exec(statement)}
+
+
+async def record_events(
     session: AsyncSession,
-    principal: Principal,
-    subject_id: str,
-    changes: Sequence[Change],
-    context: ChangeContext,
-) -> list[ConsentPublic]:
-    """Append one event per change and move the current state; all or nothing.
+    subject: Subject,
+    current: dict[tuple[str, str], Consent],
+    specs: Sequence[EventSpec],
+) -> datetime:
+    """Append one event per spec to the subject's chain and move the current state with it.
 
-    Runs inside the caller's transaction. Conflicts are collected over the whole request so the
-    error names every item that cannot be written.
+    The caller holds the subject's lock (``lock_subject``) and owns the transaction. Returns the
+    instant recorded: one for the whole call, never earlier than the subject's last event, so the
+    ledger's time order agrees with its sequence even if two workers' clocks disagree.
     """
-    necessary = [c for c in changes if c.pair.necessary]
-    if necessary:
-        raise NotConsentBased(
-            "processing for a necessary, contract-based purpose does not rest on consent and "
-            "cannot be given, refused or withdrawn; it ends only when the account is cancelled "
-            "(account cancellation, a data-subject request)",
-            errors=[
-                _item_error(c, "necessary for the contract", "not_consent_based") for c in necessary
-            ],
-        )
-    if context.policy_version is None:
-        policy_version = await current_policy_version(session)
-        if policy_version is None:
-            raise Conflict("no policy version is in effect yet; publish one first")
-    else:
-        policy_version = context.policy_version
-        if not await policy_version_exists(session, policy_version):
-            raise InvalidInput(
-                f"unknown policy version {policy_version!r}; "
-                "GET /v1/catalogue names the current one",
-                errors=[
-                    FieldError(
-                        loc=["body", "policy_version"],
-                        msg="unknown policy version",
-                        type="unknown_policy_version",
-                    )
-                ],
-            )
-
-    subject = await lock_subject(session, subject_id)
-    if subject.status == "cancelled":
-        raise SubjectCancelled(
-            f"subject {subject_id!r} cancelled the account; consents cannot change"
-        )
-
-    keys = [(c.pair.target.key, c.pair.purpose.key) for c in changes]
-    current = {
-        (row.target_key, row.purpose_key): row
-        for row in await session.exec(
-            select(Consent).where(
-                Consent.subject_id == subject_id,
-                col(Consent.target_key).in_({t for t, _ in keys}),
-                col(Consent.purpose_key).in_({p for _, p in keys}),
-            )
-        )
-    }
-    not_given = [
-        c
-        for c in changes
-        if c.state == "withdrawn"
-        and getattr(current.get((c.pair.target.key, c.pair.purpose.key)), "state", None) != "given"
-    ]
-    if not_given:
-        raise NothingToWithdraw(
-            "only a given consent can be withdrawn; record `refused` for one never given",
-            errors=[
-                _item_error(c, "consent is not given", "nothing_to_withdraw") for c in not_given
-            ],
-        )
-
-    # One instant for the whole request, never earlier than the subject's last event, so the
-    # ledger's time order agrees with its sequence even if the clocks of two workers disagree.
     now = utcnow()
     if subject.last_event_at is not None and subject.last_event_at > now:
         now = subject.last_event_at
     seq, prev_hash = subject.last_seq, subject.head_hash
     events: list[ConsentEvent] = []
-    for change in changes:
-        target, purpose = change.pair.target.key, change.pair.purpose.key
+    for spec in specs:
+        target, purpose = spec.target, spec.purpose
         row = current.get((target, purpose))
         seq += 1
         event = ConsentEvent(
             id=uuid7(),
-            subject_id=subject_id,
+            subject_id=subject.id,
             seq=seq,
             target_key=target,
             purpose_key=purpose,
-            state=change.state,
+            state=spec.state,
             previous_state=row.state if row else "not_asked",
-            actor=principal.actor,
-            actor_id=principal.name,
-            source=context.source,
-            policy_version=policy_version,
+            actor=spec.actor,
+            actor_id=spec.actor_id,
+            source=spec.source,
+            policy_version=spec.policy_version,
             recorded_at=now,
-            expires_at=change.expires_at,
-            evidence={**context.evidence, **change.evidence, **_recorded_by(principal)},
-            app_version=context.app_version,
-            locale=context.locale,
-            reason=None,
+            expires_at=spec.expires_at,
+            evidence=spec.evidence,
+            app_version=spec.app_version,
+            locale=spec.locale,
+            reason=spec.reason,
             prev_hash=prev_hash,
             hash="",
         )
@@ -187,13 +178,12 @@ async def apply_changes(
     session.add_all(events)
     await session.flush()  # events first: the consent rows refer to them
 
-    results = []
     for event in events:
         key = (event.target_key, event.purpose_key)
         row = current.get(key)
         if row is None:
             row = current[key] = Consent(
-                subject_id=subject_id,
+                subject_id=subject.id,
                 target_key=event.target_key,
                 purpose_key=event.purpose_key,
                 state=event.state,
@@ -213,11 +203,202 @@ async def apply_changes(
     subject.updated_at = utcnow()
     session.add(subject)
     await session.flush()
+    return now
 
+
+async def _policy_version_for(
+    session: AsyncSession, context: ChangeContext, changes: Sequence[Change], policies: Policies
+) -> str:
+    """The version the changes are made under: the named one, or the current one. A named
+    version must be in effect, and no material change may have superseded it for a purpose
+    being given (409, naming the current version)."""
+    now = utcnow()
+    current = await current_policy_version(session)
+    if current is None:
+        raise Conflict("no policy version is in effect yet; publish one first")
+    if context.policy_version is None:
+        return current
+    version = context.policy_version
+    effective_at = policies.effective_at.get(version)
+    if effective_at is None or effective_at > now:
+        problem = "unknown policy version" if effective_at is None else "not in effect yet"
+        raise InvalidInput(
+            f"{problem} {version!r}; the current one is {current!r}",
+            errors=[
+                FieldError(
+                    loc=["body", "policy_version"], msg=problem, type="unknown_policy_version"
+                )
+            ],
+        )
+    stale = [
+        c
+        for c in changes
+        if c.state == "given" and policies.superseded_by(version, c.pair.purpose.key, now)
+    ]
+    if stale:
+        raise PolicyVersionSuperseded(
+            f"policy version {version!r} was superseded by a material change for "
+            f"{', '.join(sorted({c.pair.purpose.key for c in stale}))}; ask again under the "
+            f"current version {current!r}",
+            errors=[
+                _item_error(c, "policy version superseded", "policy_superseded") for c in stale
+            ],
+            current_version=current,
+        )
+    return version
+
+
+async def apply_changes(
+    session: AsyncSession,
+    principal: Principal,
+    settings: Settings,
+    subject_id: str,
+    changes: Sequence[Change],
+    context: ChangeContext,
+) -> list[ConsentPublic]:
+    """Append one event per change and move the current state; all or nothing.
+
+    Runs inside the caller's transaction. Conflicts are collected over the whole request so the
+    error names every item that cannot be written.
+    """
+    necessary = [c for c in changes if c.pair.necessary]
+    if necessary:
+        raise NotConsentBased(
+            "processing for a necessary, contract-based purpose does not rest on consent and "
+            "cannot be given, refused or withdrawn; it ends only when the account is cancelled "
+            "(account cancellation, a data-subject request)",
+            errors=[
+                _item_error(c, "necessary for the contract", "not_consent_based") for c in necessary
+            ],
+        )
+    separate = [c for c in changes if c.state == "given" and needs_separate_consent(c.pair)]
+    # A request-level prompt_id stands for one dedicated prompt, so it can cover one item only;
+    # several such items in one request each need the prompt_id of their own prompt.
+    shared_prompt = context.evidence.get("prompt_id") if len(separate) == 1 else None
+    unprompted = [c for c in separate if not (c.evidence.get("prompt_id") or shared_prompt)]
+    if unprompted:
+        raise SeparateConsentRequired(
+            "sensitive data, sharing with third parties and cross-border transfer need a consent "
+            "of their own: give each with evidence.prompt_id naming the dedicated prompt the user "
+            "answered (an accept-all screen is not enough; in a batch, on each item)",
+            errors=[
+                _item_error(c, "needs evidence.prompt_id of a dedicated prompt", "separate_consent")
+                for c in unprompted
+            ],
+        )
+    policies = await load_policies(session)
+    policy_version = await _policy_version_for(session, context, changes, policies)
+
+    subject = await lock_subject(session, subject_id)
+    if subject.status == "cancelled":
+        raise SubjectCancelled(
+            f"subject {subject_id!r} cancelled the account; consents cannot change"
+        )
+    child = is_child(subject, settings, utcnow())
+    guardian = await latest_guardian(session, subject_id) if child else None
+    grants = [c for c in changes if c.state == "given"]
+    if child and grants and (guardian is None or principal.subject_id is not None):
+        raise GuardianConsentRequired(
+            f"subject {subject_id!r} is a child in {subject.jurisdiction}: "
+            + (
+                "an optional consent needs a verified guardian on file first "
+                f"(POST /v1/subjects/{subject_id}/guardian-consents)"
+                if guardian is None
+                else "only the guardian gives consent for a child, through the app's backend, "
+                "not with the child's own subject token"
+            ),
+            errors=[_item_error(c, "guardian consent required", "guardian") for c in grants],
+        )
+
+    keys = [(c.pair.target.key, c.pair.purpose.key) for c in changes]
+    current = await current_consents(session, subject_id, keys)
+    not_given = [
+        c
+        for c in changes
+        if c.state == "withdrawn"
+        and getattr(current.get((c.pair.target.key, c.pair.purpose.key)), "state", None) != "given"
+    ]
+    if not_given:
+        raise NothingToWithdraw(
+            "only a given consent can be withdrawn; record `refused` for one never given",
+            errors=[
+                _item_error(c, "consent is not given", "nothing_to_withdraw") for c in not_given
+            ],
+        )
+
+    recorded_by = _recorded_by(principal)
+    if guardian is not None and principal.subject_id is None:  # the guardian acts for the child
+        actor, actor_id = "guardian", guardian.guardian_ref
+        recorded_by = {"recorded_by": f"{principal.actor}:{principal.name}"}
+    else:
+        actor, actor_id = principal.actor, principal.name
+    now = utcnow()
+    specs = []
+    for change in changes:
+        previous = current.get((change.pair.target.key, change.pair.purpose.key))
+        expires_at = change.expires_at
+        validity = change.pair.purpose.validity_days
+        if change.state == "given" and validity is not None:
+            limit = now + timedelta(days=validity)
+            expires_at = min(expires_at, limit) if expires_at else limit
+        renewal = change.state == "given" and previous is not None and previous.state == "given"
+        specs.append(
+            EventSpec(
+                target=change.pair.target.key,
+                purpose=change.pair.purpose.key,
+                state=change.state,
+                expires_at=expires_at,
+                evidence={**context.evidence, **change.evidence, **recorded_by},
+                actor=actor,
+                actor_id=actor_id,
+                source=context.source,
+                policy_version=policy_version,
+                reason="renewal" if renewal else None,
+                app_version=context.app_version,
+                locale=context.locale,
+            )
+        )
+    at = await record_events(session, subject, current, specs)
+    facts = SubjectFacts(child=child, guardian_since=subject.guardian_verified_at)
     pairs = {(c.pair.target.key, c.pair.purpose.key): c.pair for c in changes}
-    for key in dict.fromkeys(keys):
-        results.append(_public(pairs[key], _state(current[key]), cancelled=False, at=now))
-    return results
+    return [
+        _public(pairs[key], _state(current[key]), facts, policies, at, settings)
+        for key in dict.fromkeys(keys)
+    ]
+
+
+async def revoke_unbacked(session: AsyncSession, settings: Settings, subject: Subject) -> int:
+    """A subject found to be a child: revoke every given consent no guardian backs (all of them
+    if no guardian is on file, else those given before one was), in the caller's transaction
+    ("we will try to delete the relevant data as soon as possible")."""
+    if not is_child(subject, settings, utcnow()):
+        return 0
+    since = subject.guardian_verified_at
+    current = await current_consents(session, subject.id)
+    unbacked = [
+        row
+        for row in current.values()
+        if row.state == "given" and (since is None or row.recorded_at < since)
+    ]
+    specs = [
+        EventSpec(
+            target=row.target_key,
+            purpose=row.purpose_key,
+            state="revoked",
+            expires_at=None,
+            evidence={},
+            actor="system",
+            actor_id=None,
+            source="api",
+            policy_version=row.policy_version,
+            reason=f"the subject is a child in {subject.jurisdiction} and no verified guardian "
+            "consent backs this consent",
+        )
+        for row in unbacked
+    ]
+    if specs:
+        await record_events(session, subject, current, specs)
+    return len(specs)
 
 
 def _recorded_by(principal: Principal) -> dict[str, str]:
@@ -240,9 +421,21 @@ def _state(row: Consent | ConsentEvent) -> ConsentState:
 
 
 def _public(
-    pair: Pair, consent: ConsentState | None, *, cancelled: bool, at: datetime
+    pair: Pair,
+    consent: ConsentState | None,
+    facts: SubjectFacts,
+    policies: Policies,
+    at: datetime,
+    settings: Settings,
 ) -> ConsentPublic:
-    decision = decide(pair, consent, cancelled=cancelled, at=at)
+    decision = decide(
+        pair,
+        consent,
+        subject=facts,
+        policies=policies,
+        at=at,
+        prompt_cooldown=timedelta(hours=settings.prompt_cooldown_hours),
+    )
     return ConsentPublic(
         target=pair.target.key,
         purpose=pair.purpose.key,
@@ -253,18 +446,29 @@ def _public(
         expires_at=consent.expires_at if consent else None,
         allowed=decision.allowed,
         reason=decision.reason,
+        renewal_required=decision.reason == "reconsent_required",
     )
 
 
 async def list_consents(
-    session: AsyncSession, catalogue: Catalogue, subject_id: str, as_of: datetime | None
+    session: AsyncSession,
+    catalogue: Catalogue,
+    settings: Settings,
+    subject_id: str,
+    as_of: datetime | None,
 ) -> ConsentList:
-    """Every pair the catalogue allows, with its state and decision now or ``as_of`` an instant."""
+    """Every pair the catalogue allows, with its state and decision now or ``as_of`` an instant.
+
+    As of a past instant the consents, the policy versions and the guardian are those of that
+    instant; the subject's age attributes are today's (they are not versioned).
+    """
     subject = await get_subject(session, subject_id)
+    policies = await load_policies(session)
     states: dict[tuple[str, str], ConsentState] = {}
     if as_of is None:
-        rows = await session.exec(select(Consent).where(Consent.subject_id == subject_id))
-        states = {(r.target_key, r.purpose_key): _state(r) for r in rows}
+        states = {
+            key: _state(row) for key, row in (await current_consents(session, subject_id)).items()
+        }
         at, cancelled = utcnow(), subject.status == "cancelled"
     else:
         events = await session.exec(
@@ -275,8 +479,14 @@ async def list_consents(
         for event in events:  # the last event per pair wins
             states[(event.target_key, event.purpose_key)] = _state(event)
         at, cancelled = as_of, False
+    since = subject.guardian_verified_at
+    facts = SubjectFacts(
+        cancelled=cancelled,
+        child=is_child(subject, settings, at),
+        guardian_since=since if since is not None and since <= at else None,
+    )
     items = [
-        _public(pair, states.get(key), cancelled=cancelled, at=at)
+        _public(pair, states.get(key), facts, policies, at, settings)
         for key, pair in catalogue.pairs.items()
     ]
     return ConsentList(subject_id=subject_id, as_of=as_of, items=items)

@@ -29,6 +29,17 @@ def normalise_database_url(url: str) -> str:
     )
 
 
+# Under which age a subject is a child, per jurisdiction. CN: the policy ("we consider anyone under
+# the age of 14 to be a child") and PIPL art. 28. EU: GDPR art. 8 says 16 unless a member state
+# chose lower, down to 13; the countries below did.
+DEFAULT_CHILD_AGES: dict[str, int] = {
+    "CN": 14,
+    "EU": 16,
+    **dict.fromkeys(("BE", "DK", "EE", "FI", "LV", "MT", "PT", "SE"), 13),
+    **dict.fromkeys(("AT", "BG", "CY", "ES", "IT", "LT"), 14),
+    **dict.fromkeys(("CZ", "FR", "GR", "SI"), 15),
+}
+
 MIN_SECRET_LENGTH = 32
 # Words that give away a placeholder or a value someone typed instead of generating. Six letters
 # or more, so a random value contains one by chance about once in a billion.
@@ -86,6 +97,17 @@ class Settings(BaseSettings):
         "SQLite file, with the suffix .secret.",
     )
     subject_token_ttl_seconds: int = Field(default=900, ge=60, le=24 * 3600)
+    child_ages: dict[str, int] = Field(
+        default_factory=lambda: dict(DEFAULT_CHILD_AGES),
+        description="Jurisdiction -> the age under which a subject is a child (JSON object); "
+        "entries override the defaults, the others stay.",
+    )
+    child_age_default: int = Field(
+        default=16, ge=0, le=21, description="For jurisdictions not in child_ages."
+    )
+    prompt_cooldown_hours: int = Field(
+        default=48, ge=0, le=24 * 365, description="No permission prompt this soon after a refusal."
+    )
     public_docs: bool = Field(
         default=True,
         description="Serve /docs, /redoc and /openapi.json without a credential. When false, the "
@@ -101,6 +123,19 @@ class Settings(BaseSettings):
     @classmethod
     def _log_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("child_ages")
+    @classmethod
+    def _child_ages(cls, value: dict[str, int]) -> dict[str, int]:
+        for jurisdiction, age in value.items():
+            if not (len(jurisdiction) == 2 and jurisdiction.isascii() and jurisdiction.isupper()):
+                raise ValueError(f"{jurisdiction!r} is not a two-letter jurisdiction code")
+            if not 0 <= age <= 21:
+                raise ValueError(f"{jurisdiction}: {age} is not an age between 0 and 21")
+        return DEFAULT_CHILD_AGES | value  # overrides; the other defaults stay
+
+    def child_age(self, jurisdiction: str) -> int:
+        return self.child_ages.get(jurisdiction, self.child_age_default)
 
     @field_validator("secret_key")
     @classmethod

@@ -62,6 +62,13 @@ class NotFound(AppError):
     title = "Not found"
 
 
+class SubjectNotFound(NotFound):
+    """Also what a subject token gets for any subject but its own."""
+
+    slug = "subject-not-found"
+    title = "Subject not found"
+
+
 class Conflict(AppError):
     status = 409
     slug = "conflict"

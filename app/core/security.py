@@ -28,10 +28,9 @@ from sqlalchemy import or_, update
 from sqlmodel import col, select
 
 from app.core.db import Database, DatabaseDep
-from app.core.errors import Forbidden, Unauthenticated
+from app.core.errors import Forbidden, SubjectNotFound, Unauthenticated
 from app.core.types import utcnow
 from app.models import ApiKey
-from app.subjects.service import SubjectNotFound
 
 logger = logging.getLogger("consent_ledger")
 
@@ -44,6 +43,9 @@ class Scope(StrEnum):
     CONSENTS_WRITE = "consents:write"
     CHECKS_RUN = "checks:run"
     TOKENS_CREATE = "tokens:create"
+    GUARDIANS_WRITE = "guardians:write"
+    PERMISSIONS_WRITE = "permissions:write"
+    POLICIES_WRITE = "policies:write"
     KEYS_MANAGE = "keys:manage"
 
 
@@ -61,10 +63,12 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.CONSENTS_WRITE,
             Scope.CHECKS_RUN,
             Scope.TOKENS_CREATE,
+            Scope.GUARDIANS_WRITE,
+            Scope.PERMISSIONS_WRITE,
         }
     ),
     "auditor": _AUDITOR,
-    "officer": _AUDITOR | {Scope.SUBJECTS_WRITE},
+    "officer": _AUDITOR | {Scope.SUBJECTS_WRITE, Scope.POLICIES_WRITE},
     "admin": frozenset(Scope),
 }
 # What a subject token may do, and only to its own subject.

@@ -4,7 +4,9 @@ from app.models.api_key import ApiKey
 from app.models.base import metadata
 from app.models.catalogue import BusinessFunction, FunctionNeed, Purpose, PurposeTarget, Target
 from app.models.consent import Consent, ConsentEvent
+from app.models.guardian import GuardianConsent
 from app.models.idempotency import IdempotencyRecord
+from app.models.permission import PermissionObservation
 from app.models.policy import PolicyVersion
 from app.models.subject import GENESIS_HASH, Subject
 
@@ -15,7 +17,9 @@ __all__ = [
     "Consent",
     "ConsentEvent",
     "FunctionNeed",
+    "GuardianConsent",
     "IdempotencyRecord",
+    "PermissionObservation",
     "PolicyVersion",
     "Purpose",
     "PurposeTarget",

@@ -2,7 +2,7 @@
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column
+from sqlalchemy import JSON, Column, Text
 from sqlmodel import Field, SQLModel
 
 from app.core.types import UTCDateTime, utcnow
@@ -18,6 +18,7 @@ class PolicyVersion(SQLModel, table=True):
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )
     text_sha256: str = Field(max_length=64)
+    text: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     url: str | None = Field(default=None, max_length=2000)
     summary: str = Field(default="", max_length=10_000)
     material: bool = False

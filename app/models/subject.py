@@ -1,6 +1,6 @@
 """A data subject (a user of the app, by an opaque id the app chose) and the head of its ledger."""
 
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import Column, String
 from sqlmodel import Field, SQLModel
@@ -16,7 +16,13 @@ class Subject(SQLModel, table=True):
 
     id: str = Field(sa_column=Column(String(255), primary_key=True))
     jurisdiction: str = Field(default="CN", max_length=8)
+    # At most one of these three says how old the subject is; none: treated as an adult.
     birth_year: int | None = None
+    birth_date: date | None = None
+    age: int | None = None
+    age_stated_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # When the first verified guardian's consent was recorded (see guardian_consent).
+    guardian_verified_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     status: str = Field(default="active", max_length=16)  # "active" | "cancelled"
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)

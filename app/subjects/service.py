@@ -1,18 +1,14 @@
 """Subjects: created on first write, read or 404, and locked as the head of their ledger."""
 
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import upsert
-from app.core.errors import NotFound
+from app.core.errors import FieldError, InvalidInput, SubjectNotFound
+from app.core.security import Principal
 from app.core.types import utcnow
-from app.models import Subject
-from app.subjects.schemas import SubjectPut
-
-
-class SubjectNotFound(NotFound):
-    slug = "subject-not-found"
-    title = "Subject not found"
+from app.models import GuardianConsent, Subject
+from app.subjects.schemas import GuardianConsentCreate, SubjectPut
 
 
 async def get_subject(session: AsyncSession, subject_id: str) -> Subject:
@@ -53,7 +49,57 @@ async def put_subject(
     subject = await lock_subject(session, subject_id)
     subject.jurisdiction = payload.jurisdiction
     subject.birth_year = payload.birth_year
+    subject.birth_date = payload.birth_date
+    subject.age = payload.age  # an age is stated as of now, every time it is sent
+    subject.age_stated_at = utcnow() if payload.age is not None else None
     subject.updated_at = utcnow()
     session.add(subject)
     await session.flush()
     return subject, created
+
+
+async def latest_guardian(session: AsyncSession, subject_id: str) -> GuardianConsent | None:
+    statement = (
+        select(GuardianConsent)
+        .where(GuardianConsent.subject_id == subject_id)
+        .order_by(col(GuardianConsent.recorded_at).desc())
+        .limit(1)
+    )
+    return (await session.exec(statement)).first()
+
+
+async def list_guardians(session: AsyncSession, subject_id: str) -> list[GuardianConsent]:
+    await get_subject(session, subject_id)
+    statement = (
+        select(GuardianConsent)
+        .where(GuardianConsent.subject_id == subject_id)
+        .order_by(col(GuardianConsent.recorded_at))
+    )
+    return list((await session.exec(statement)).all())
+
+
+async def record_guardian(
+    session: AsyncSession, principal: Principal, subject_id: str, payload: GuardianConsentCreate
+) -> GuardianConsent:
+    """Record a guardian's verified consent; from now on the child's changes are theirs."""
+    subject = await lock_subject(session, subject_id)
+    now = utcnow()
+    verified_at = payload.verified_at or now
+    if verified_at > now:
+        raise InvalidInput(
+            "verified_at is in the future: record a verification once it happened",
+            errors=[FieldError(loc=["body", "verified_at"], msg="in the future", type="future")],
+        )
+    guardian = GuardianConsent(
+        subject_id=subject_id,
+        **payload.model_dump(exclude={"verified_at"}),
+        verified_at=verified_at,
+        recorded_at=now,
+        recorded_by=f"{principal.actor}:{principal.name}",
+    )
+    session.add(guardian)
+    if subject.guardian_verified_at is None:
+        subject.guardian_verified_at = now
+        session.add(subject)
+    await session.flush()
+    return guardian

@@ -1,0 +1,30 @@
+"""Who is a child. Ages are lower bounds: when only a birth year or a stated age is known, the
+subject is taken to be as young as they could be, so no child is ever treated as an adult."""
+
+from datetime import UTC, date, datetime
+
+from app.core.config import Settings
+from app.models import Subject
+
+
+def _years_between(start: date, end: date) -> int:
+    return end.year - start.year - ((end.month, end.day) < (start.month, start.day))
+
+
+def minimum_age(subject: Subject, at: datetime) -> int | None:
+    today = at.astimezone(UTC).date()
+    if subject.birth_date is not None:
+        return _years_between(subject.birth_date, today)
+    if subject.birth_year is not None:
+        return today.year - subject.birth_year - 1  # the birthday may not have come yet
+    if subject.age is not None and subject.age_stated_at is not None:
+        stated = subject.age_stated_at.date()
+        if today >= stated:
+            return subject.age + _years_between(stated, today)
+        return max(0, subject.age - _years_between(today, stated) - 1)  # before it was stated
+    return None
+
+
+def is_child(subject: Subject, settings: Settings, at: datetime) -> bool:
+    age = minimum_age(subject, at)
+    return age is not None and age < settings.child_age(subject.jurisdiction)
