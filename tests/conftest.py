@@ -28,7 +28,16 @@ from tests.factories import KEY_NAMES, KEYS, TEST_SECRET, auth
 
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
-DATA_TABLES = ("consent", "consent_event", "subject", "idempotency_record", "api_key")
+DATA_TABLES = (
+    "consent",
+    "consent_event",
+    "guardian_consent",
+    "permission_observation",
+    "subject",
+    "idempotency_record",
+    "api_key",
+    "policy_version",
+)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

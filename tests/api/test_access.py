@@ -32,6 +32,7 @@ class Entry:
     ok: int = 200
     body: dict[str, Any] | None = None
     params: dict[str, str] = field(default_factory=dict)
+    path: dict[str, str] = field(default_factory=dict)
 
 
 def _allowed(*callers: str) -> frozenset[str]:
@@ -76,6 +77,38 @@ MATRIX: dict[tuple[str, str], Entry] = {
         "checks:run",
         _allowed("app", "admin"),
         params={"subject_id": "{subject_id}", "target": OPTIONAL[0], "purpose": OPTIONAL[1]},
+    ),
+    ("GET", "/v1/policies"): Entry("catalogue:read", STAFF_READERS | {"own", "other"}),
+    ("GET", "/v1/policies/{version}"): Entry("catalogue:read", STAFF_READERS | {"own", "other"}),
+    ("POST", "/v1/policies"): Entry(
+        "policies:write",
+        _allowed("officer", "admin"),
+        ok=201,
+        body={"text": "Policy text.", "summary": "Typos."},
+    ),
+    ("POST", "/v1/subjects/{subject_id}/guardian-consents"): Entry(
+        "guardians:write",
+        _allowed("app", "admin"),
+        ok=201,
+        body={
+            "guardian_ref": "g-1",
+            "relationship": "parent",
+            "verification_method": "id_document",
+            "evidence_ref": "vault://kyc/1",
+            "verifier": "kyc-service",
+        },
+    ),
+    ("GET", "/v1/subjects/{subject_id}/guardian-consents"): Entry(
+        "consents:read", STAFF_READERS | {"own"}
+    ),
+    ("PUT", "/v1/subjects/{subject_id}/devices/{device_id}/permissions/{target}"): Entry(
+        "permissions:write",
+        _allowed("app", "admin"),
+        body={"platform": "android", "native_value": "PERMISSION_GRANTED", "state": "granted"},
+        path={"target": "permission.camera"},
+    ),
+    ("GET", "/v1/subjects/{subject_id}/devices/{device_id}/permissions"): Entry(
+        "consents:read", STAFF_READERS | {"own"}
     ),
     ("GET", "/v1/keys"): Entry("keys:manage", _allowed("admin")),
     ("POST", "/v1/keys"): Entry("keys:manage", _allowed("admin"), ok=201, body={"role": "auditor"}),
@@ -146,13 +179,23 @@ async def test_access(
     path: str,
 ) -> None:
     entry = MATRIX[(method, path)]
-    url = path.format(subject_id=subject_id, target=OPTIONAL[0], purpose=OPTIONAL[1], name="victim")
+    names = {
+        "subject_id": subject_id,
+        "target": OPTIONAL[0],
+        "purpose": OPTIONAL[1],
+        "name": "victim",
+        "version": "2022-02",
+        "device_id": "phone-1",
+    }
+    url = path.format(**(names | entry.path))
     mismatches = []
     for caller in CALLERS:
         credential = credentials[caller]
         body = entry.body
         if body is not None and path == "/v1/keys":
             body = body | {"name": f"k-{uuid.uuid4().hex[:8]}"}
+        if body is not None and path == "/v1/policies":
+            body = body | {"version": f"v-{uuid.uuid4().hex[:8]}"}
         if body is not None and "subject_id" in body:
             body = body | {"subject_id": subject_id}
         params = {k: v.format(subject_id=subject_id) for k, v in entry.params.items()}

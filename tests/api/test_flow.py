@@ -34,6 +34,9 @@ async def test_nothing_recorded_is_denied_as_not_asked(
         "state": "not_asked",
         "event_id": None,
         "policy_version": None,
+        "may_prompt": None,  # these three are for permission targets only
+        "next_prompt_after": None,
+        "settings_required": None,
     }
 
 

@@ -6,12 +6,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from app.catalogue.loader import load_catalogue
-from app.checks.decision import ConsentState, decide
+from app.checks.decision import ConsentState, OsState, Policies, SubjectFacts, decide
+from app.core.config import Settings
 
 CATALOGUE = load_catalogue()
 OPTIONAL = CATALOGUE.pairs[("gender", "service_improvement")]
 NECESSARY = CATALOGUE.pairs[("email", "account_registration")]
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
+POLICIES = Policies(effective_at={"2022-02": datetime(2022, 2, 1, tzinfo=UTC)})
 
 
 def consent(state: str, expires_at: datetime | None = None) -> ConsentState:
@@ -42,7 +44,96 @@ def test_rules_in_order(
     reason: str,
     state: str,
 ) -> None:
-    decision = decide(pair, stored, cancelled=cancelled, at=NOW)  # type: ignore[arg-type]
+    decision = decide(
+        pair,  # type: ignore[arg-type]
+        stored,
+        subject=SubjectFacts(cancelled=cancelled),
+        policies=POLICIES,
+        at=NOW,
+    )
     assert (decision.allowed, decision.reason, decision.state) == (allowed, reason, state)
     if stored is not None and pair is not NECESSARY:
         assert decision.event_id == stored.event_id
+
+
+T0 = datetime(2022, 2, 1, tzinfo=UTC)
+MATERIAL = Policies(
+    effective_at={"2022-02": T0, "2026-03": NOW - timedelta(days=10)},
+    material=((NOW - timedelta(days=10), "2026-03", frozenset({"service_improvement"})),),
+)
+CAMERA = CATALOGUE.pairs[("permission.camera", "app_features")]
+
+
+@pytest.mark.parametrize(
+    ("version", "purpose", "at", "superseded"),
+    [
+        ("2022-02", "service_improvement", NOW, "2026-03"),
+        ("2022-02", "new_product_development", NOW, None),
+        ("2022-02", "service_improvement", NOW - timedelta(days=11), None),
+        ("2026-03", "service_improvement", NOW, None),
+        ("unknown", "service_improvement", NOW, None),
+    ],
+)
+def test_a_material_version_supersedes_older_ones_for_its_purposes_from_when_it_takes_effect(
+    version: str, purpose: str, at: datetime, superseded: str | None
+) -> None:
+    assert MATERIAL.superseded_by(version, purpose, at) == superseded
+
+
+def test_a_child_without_a_guardian_is_never_prompted_but_a_refusal_stays_a_refusal() -> None:
+    child = SubjectFacts(child=True)
+    assert decide(OPTIONAL, None, subject=child, policies=POLICIES, at=NOW).reason == (
+        "guardian_consent_required"
+    )
+    refused = decide(OPTIONAL, consent("refused"), subject=child, policies=POLICIES, at=NOW)
+    assert refused.reason == "refused"
+    with_guardian = SubjectFacts(child=True, guardian_since=NOW - timedelta(days=2))
+    given = decide(OPTIONAL, consent("given"), subject=with_guardian, policies=POLICIES, at=NOW)
+    assert given.allowed
+
+
+@pytest.mark.parametrize(
+    ("os", "device", "reason", "may_prompt", "settings_required"),
+    [
+        (None, False, "consent_given", False, False),
+        (None, True, "os_denied", True, False),
+        (OsState("granted_limited", None), True, "consent_given", False, False),
+        (OsState("provisional", None), True, "consent_given", False, False),
+        (OsState("denied", NOW - timedelta(hours=47)), True, "os_denied", False, False),
+        (OsState("denied", NOW - timedelta(hours=48)), True, "os_denied", True, False),
+        (OsState("denied_permanent", NOW - timedelta(days=9)), True, "os_denied", False, True),
+        (OsState("restricted", None), True, "os_denied", False, True),
+        (OsState("not_determined", None), True, "os_denied", True, False),
+    ],
+)
+def test_os_state_and_prompt_advice(
+    os: OsState | None, device: bool, reason: str, may_prompt: bool, settings_required: bool
+) -> None:
+    decision = decide(
+        CAMERA, consent("given"), subject=SubjectFacts(), policies=POLICIES, at=NOW, os=os,
+        device=device,
+    )  # fmt: skip
+    assert (decision.reason, decision.may_prompt, decision.settings_required) == (
+        reason,
+        may_prompt,
+        settings_required,
+    )
+
+
+def test_an_unguarded_child_is_never_prompted_and_a_guardian_reopens_the_question() -> None:
+    refused = ConsentState("refused", uuid.uuid4(), "2022-02", NOW - timedelta(days=3), None)
+    child = decide(CAMERA, refused, subject=SubjectFacts(child=True), policies=POLICIES, at=NOW)
+    assert (child.reason, child.may_prompt) == ("refused", False)
+    revoked = ConsentState("revoked", uuid.uuid4(), "2022-02", NOW - timedelta(days=3), None)
+    guarded = SubjectFacts(child=True, guardian_since=NOW - timedelta(days=1))
+    after = decide(CAMERA, revoked, subject=guarded, policies=POLICIES, at=NOW)
+    assert (after.reason, after.may_prompt) == ("revoked", True)
+
+
+def test_child_ages_override_the_defaults_one_by_one() -> None:
+    settings = Settings(child_ages={"DE": 14})
+    assert (settings.child_age("DE"), settings.child_age("CN"), settings.child_age("FR")) == (
+        14,
+        14,
+        15,
+    )
