@@ -2,10 +2,14 @@
 
 import argparse
 import asyncio
+import contextlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from datetime import datetime
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +19,10 @@ from app.core.config import Settings, get_settings
 from app.core.errors import AppError
 from app.core.security import ROLES
 from app.core.types import isoformat_z
+
+if TYPE_CHECKING:
+    from app.audit.filters import EventFilter
+    from app.audit.verify import Report
 
 T = TypeVar("T")
 
@@ -197,6 +205,166 @@ def cmd_keys_list(args: argparse.Namespace) -> None:
         print("  ".join(cells).rstrip())
 
 
+class Progress:
+    """A one-line progress bar on a terminal; silent when the output is not one."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self.label, self.stream = label, stream
+        self.enabled = stream.isatty()
+        self.total = self.done = 0
+
+    def start(self, total: int) -> None:
+        self.total = total
+        self._draw()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        share = self.done / self.total if self.total else 1.0
+        bar = "#" * int(share * 30)
+        self.stream.write(
+            f"\r{self.label} [{bar:<30}] {share:4.0%} {self.done:,}/{self.total:,} events"
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+def _filters(args: argparse.Namespace) -> "EventFilter":
+    from app.audit.filters import event_filter
+
+    try:
+        return event_filter(
+            subject_id=args.subject,
+            target=args.target,
+            purpose=args.purpose,
+            state=args.state,
+            actor=args.actor,
+            source=args.source,
+            policy_version=args.policy_version,
+            since=args.since,
+            until=args.until,
+        )
+    except AppError as exc:
+        raise CommandError(exc.detail) from None
+
+
+def _instant(value: str) -> datetime:
+    try:
+        instant = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {value!r}") from None
+    if instant.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"give a time zone, e.g. {value}Z")
+    return instant
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from app.audit.export import stream_export
+    from app.core.db import Database
+
+    settings = _settings()
+    _ready_database(settings)
+    filters = _filters(args)
+    progress = Progress("export")
+    partial = f"{args.output}.partial"
+
+    async def run() -> None:
+        database = Database(settings)
+        try:
+            chunks = stream_export(
+                database, filters, args.format, on_total=progress.start, on_rows=progress.advance
+            )
+            # Into a temporary file first: a failed export never looks like a finished one.
+            with open(partial, "w", encoding="utf-8", newline="") as out:  # noqa: ASYNC230
+                async for chunk in chunks:
+                    out.write(chunk)
+            os.replace(partial, args.output)
+        finally:
+            await database.dispose()
+
+    try:
+        asyncio.run(run())
+    except (SQLAlchemyError, OSError) as exc:
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        raise CommandError(f"export failed: {_first_line(exc)}") from None
+    finally:
+        progress.close()
+    print(f"wrote {progress.done:,} events to {args.output}")
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from app.audit.checkpoints import signing_key
+    from app.audit.verify import verify
+    from app.core.db import Database
+    from app.core.signing import SecretError, load_signing_secret
+
+    settings = _settings()
+    _ready_database(settings)
+    try:
+        key = signing_key(load_signing_secret(settings)).public_key()
+    except SecretError as exc:
+        raise CommandError(str(exc)) from None
+    progress = Progress("verify")
+
+    async def run() -> "Report":
+        database = Database(settings)
+        try:
+            return await verify(database, key, on_total=progress.start, on_events=progress.advance)
+        finally:
+            await database.dispose()
+
+    try:
+        report = asyncio.run(run())
+    except (SQLAlchemyError, OSError) as exc:
+        raise CommandError(f"verification failed to run: {_first_line(exc)}") from None
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps({**asdict(report), "ok": report.ok}, default=str, indent=2))
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise SystemExit(1)
+
+
+def _print_report(report: "Report") -> None:
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"{verdict}: {report.events:,} events of {report.subjects:,} subjects checked")
+    for problem in report.problems:
+        print(
+            f"  {problem.subject_id} seq {problem.seq}: {problem.problem} "
+            f"(expected {problem.expected}, found {problem.found}): {problem.detail}"
+        )
+    if report.more_problems:
+        print(f"  … and {report.more_problems} more")
+    for problem in report.current_state:
+        print(f"  {problem.subject_id}: {problem.detail}")
+    checkpoint = report.checkpoint
+    if checkpoint is None:
+        print("no signed checkpoint yet")
+        return
+    print(
+        f"checkpoint {checkpoint.id} of {checkpoint.created_at} ({checkpoint.event_count:,} "
+        f"events, {checkpoint.checkpoints} in the chain): signature "
+        f"{'valid' if checkpoint.signature_valid else 'INVALID'}, heads "
+        f"{'match their root' if checkpoint.root_valid else 'do NOT match their root'}"
+    )
+    for problem_text in checkpoint.chain_problems:
+        print(f"  {problem_text}")
+    for problem in checkpoint.truncated:
+        print(f"  {problem.subject_id} seq {problem.seq}: {problem.problem}: {problem.detail}")
+
+
 def cmd_keys_revoke(args: argparse.Namespace) -> None:
     from app.auth import service
 
@@ -255,6 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = keys.add_parser("revoke", help="revoke a key at once, on every worker")
     revoke.add_argument("name")
     revoke.set_defaults(handler=cmd_keys_revoke)
+
+    export = commands.add_parser("export", help="export the ledger to a file (ndjson or csv)")
+    export.add_argument("--format", choices=("ndjson", "csv"), default="ndjson")
+    export.add_argument("--output", "-o", required=True, help="the file to write")
+    export.add_argument("--subject", help="only this subject")
+    export.add_argument("--target")
+    export.add_argument("--purpose")
+    export.add_argument("--state", choices=("given", "refused", "withdrawn", "revoked"))
+    export.add_argument("--actor")
+    export.add_argument("--source")
+    export.add_argument("--policy-version")
+    export.add_argument("--since", type=_instant, help="recorded at or after (ISO 8601)")
+    export.add_argument("--until", type=_instant, help="recorded before (ISO 8601)")
+    export.set_defaults(handler=cmd_export)
+
+    verify = commands.add_parser(
+        "verify",
+        help="recompute every hash chain, check the latest checkpoint; exit 1 on failure",
+    )
+    verify.add_argument("--json", action="store_true", help="print the full report as JSON")
+    verify.set_defaults(handler=cmd_verify)
     return parser
 
 

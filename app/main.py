@@ -3,14 +3,17 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 
 from app import __version__
+from app.audit.checkpoints import create_checkpoint, signing_key
+from app.audit.router import router as audit_router
 from app.auth.router import router as auth_router
 from app.catalogue.loader import load_catalogue
 from app.catalogue.router import router as catalogue_router
@@ -38,22 +41,50 @@ class NotMigrated(RuntimeError):
     pass
 
 
-async def _purge_idempotency_keys(database: Database, retention: timedelta) -> None:
+async def _every(seconds: float, job: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``job`` every ``seconds`` until cancelled; a failure is logged and retried."""
     while True:
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        await asyncio.sleep(seconds)
         try:
-            async with database.write_sessions() as session:
-                purged = await purge_expired(session, retention)
-            if purged:
-                logger.info("forgot %d idempotency keys older than %s", purged, retention)
+            await job()
         except Exception:
-            logger.exception("purging expired idempotency keys failed; will retry")
+            logger.exception("%s failed; will retry", what)
+
+
+def _background_jobs(
+    settings: Settings, database: Database, key: Ed25519PrivateKey
+) -> list[asyncio.Task[None]]:
+    retention = timedelta(hours=settings.idempotency_retention_hours)
+
+    async def purge() -> None:
+        async with database.write_sessions() as session:
+            purged = await purge_expired(session, retention)
+        if purged:
+            logger.info("forgot %d idempotency keys older than %s", purged, retention)
+
+    jobs = [asyncio.create_task(_every(PURGE_INTERVAL_SECONDS, purge, "purging idempotency keys"))]
+    interval = settings.checkpoint_interval_seconds
+    if interval:
+        # Every worker looks often; the first to find the latest checkpoint older than the
+        # interval writes the next one, under a lock, so there is one per interval.
+        async def checkpoint() -> None:
+            async with database.write_sessions() as session, session.begin():
+                written = await create_checkpoint(
+                    session, key, unless_newer_than=timedelta(seconds=interval)
+                )
+            if written is not None:
+                logger.info("checkpoint %s: %d events", written.id, written.event_count)
+
+        poll = min(interval, 60)
+        jobs.append(asyncio.create_task(_every(poll, checkpoint, "writing a checkpoint")))
+    return jobs
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.signing_secret = load_signing_secret(settings)
+    app.state.checkpoint_key = signing_key(app.state.signing_secret)
     current, head = await current_revision(settings.database_url), head_revision()
     if current != head:
         raise NotMigrated(
@@ -66,15 +97,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sync_catalogue(session, catalogue)
     app.state.database = database
     app.state.catalogue = catalogue
-    purge = asyncio.create_task(
-        _purge_idempotency_keys(database, timedelta(hours=settings.idempotency_retention_hours))
-    )
+    jobs = _background_jobs(settings, database, app.state.checkpoint_key)
     try:
         yield
     finally:
-        purge.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await purge
+        for job in jobs:
+            job.cancel()
+        for job in jobs:
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
         await database.dispose()
 
 
@@ -103,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         checks_router,
         policies_router,
         permissions_router,
+        audit_router,
     ):
         app.include_router(router)
     return app

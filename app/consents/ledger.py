@@ -10,7 +10,6 @@ ensure_ascii=False)`` prints. The README shows an auditor how to recompute it.
 
 import hashlib
 import json
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,47 +66,60 @@ def canonical_bytes(fields: dict[str, Any]) -> bytes:
     return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def canonical_hash(fields: dict[str, Any]) -> str:
+    """The hash of an event given as its fields in canonical JSON types (extra keys ignored)."""
+    return hashlib.sha256(canonical_bytes({k: fields[k] for k in HASHED_FIELDS})).hexdigest()
+
+
 def event_hash(event: ConsentEvent) -> str:
-    return hashlib.sha256(canonical_bytes(hashed_fields(event))).hexdigest()
+    return canonical_hash(hashed_fields(event))
 
 
 @dataclass(frozen=True)
 class BrokenLink:
     subject_id: str
     seq: int
-    problem: str
-    expected: str
-    found: str
+    problem: str  # gap | broken_link | edited (and, in verification, head_mismatch | truncated)
+    expected: str | None
+    found: str | None
+    detail: str
 
 
-def verify_chain(subject_id: str, events: Iterable[ConsentEvent]) -> BrokenLink | None:
-    """Walk one subject's events in ``seq`` order; return the first link that does not hold."""
-    expected_seq, prev_hash = 1, GENESIS_HASH
-    for event in events:
-        if event.seq != expected_seq:
+class ChainWalker:
+    """Walks one subject's events in ``seq`` order and remembers the first link that does not
+    hold: a gap in the numbering, a ``prev_hash`` that is not the previous event's hash, or a
+    stored hash that is not the hash of the event's fields."""
+
+    def __init__(self, subject_id: str) -> None:
+        self.subject_id = subject_id
+        self.seq = 0
+        self.hash = GENESIS_HASH
+        self.broken: BrokenLink | None = None
+
+    def step(self, event: dict[str, Any]) -> None:
+        """``event``: its canonical fields plus ``hash``."""
+        self.seq += 1
+        if self.broken is None:
+            self.broken = self._check(event)
+        self.hash = event["hash"]
+
+    def _check(self, event: dict[str, Any]) -> BrokenLink | None:
+        seq, stored = event["seq"], event["hash"]
+        if seq != self.seq:
             return BrokenLink(
-                subject_id,
-                expected_seq,
-                "sequence gap or reorder",
-                str(expected_seq),
-                str(event.seq),
-            )
-        if event.prev_hash != prev_hash:
+                self.subject_id, self.seq, "gap", str(self.seq), str(seq),
+                f"expected event {self.seq} next, found {seq}: events are missing or out of order",
+            )  # fmt: skip
+        if event["prev_hash"] != self.hash:
             return BrokenLink(
-                subject_id,
-                event.seq,
-                "prev_hash does not match the previous event",
-                prev_hash,
-                event.prev_hash,
-            )
-        recomputed = event_hash(event)
-        if recomputed != event.hash:
+                self.subject_id, seq, "broken_link", self.hash, event["prev_hash"],
+                "prev_hash is not the hash of the event before: an event was deleted, inserted "
+                "or moved",
+            )  # fmt: skip
+        recomputed = canonical_hash(event)
+        if recomputed != stored:
             return BrokenLink(
-                subject_id,
-                event.seq,
-                "hash does not match the event's content",
-                recomputed,
-                event.hash,
-            )
-        expected_seq, prev_hash = expected_seq + 1, event.hash
-    return None
+                self.subject_id, seq, "edited", recomputed, stored,
+                "the stored hash is not the hash of the event's fields: a field was edited",
+            )  # fmt: skip
+        return None

@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     prompt_cooldown_hours: int = Field(
         default=48, ge=0, le=24 * 365, description="No permission prompt this soon after a refusal."
     )
+    checkpoint_interval_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="How often a signed checkpoint of the ledger is written; 0: only on demand.",
+    )
     public_docs: bool = Field(
         default=True,
         description="Serve /docs, /redoc and /openapi.json without a credential. When false, the "

@@ -3,12 +3,15 @@
 import base64
 import binascii
 import json
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
 
 from app.core.errors import InvalidInput
+from app.core.schemas import NO_CONTROL_CHARACTERS
 
 T = TypeVar("T")
 
@@ -19,6 +22,30 @@ MAX_LIMIT = 1000
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = None
+
+
+def cursor_instant(value: str) -> datetime:
+    """An instant inside a cursor; a 422 unless it is one this service could have written."""
+    try:
+        instant = datetime.fromisoformat(value)
+        if instant.tzinfo is None:
+            raise ValueError("naive")
+        return instant.astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise InvalidInput(
+            "cursor is not one this service issued; pass next_cursor from the previous page"
+        ) from None
+
+
+def cursor_text(value: str) -> str:
+    """Text inside a cursor (a subject id): printable and valid UTF-8, or a 422."""
+    if not value or len(value) > 255 or not re.fullmatch(NO_CONTROL_CHARACTERS, value):
+        raise InvalidInput("cursor is not one this service issued")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput("cursor is not one this service issued") from None
+    return value
 
 
 def clamp_limit(limit: int | None) -> int:

@@ -46,13 +46,17 @@ class Scope(StrEnum):
     GUARDIANS_WRITE = "guardians:write"
     PERMISSIONS_WRITE = "permissions:write"
     POLICIES_WRITE = "policies:write"
+    AUDIT_READ = "audit:read"
+    AUDIT_CHECKPOINT = "audit:checkpoint"
     KEYS_MANAGE = "keys:manage"
 
 
 Role = Literal["app", "auditor", "officer", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 
-_AUDITOR = frozenset({Scope.CATALOGUE_READ, Scope.SUBJECTS_READ, Scope.CONSENTS_READ})
+_AUDITOR = frozenset(
+    {Scope.CATALOGUE_READ, Scope.SUBJECTS_READ, Scope.CONSENTS_READ, Scope.AUDIT_READ}
+)
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
     "app": frozenset(
         {
@@ -68,7 +72,7 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
         }
     ),
     "auditor": _AUDITOR,
-    "officer": _AUDITOR | {Scope.SUBJECTS_WRITE, Scope.POLICIES_WRITE},
+    "officer": _AUDITOR | {Scope.SUBJECTS_WRITE, Scope.POLICIES_WRITE, Scope.AUDIT_CHECKPOINT},
     "admin": frozenset(Scope),
 }
 # What a subject token may do, and only to its own subject.

@@ -3,6 +3,7 @@
 from app.models.api_key import ApiKey
 from app.models.base import metadata
 from app.models.catalogue import BusinessFunction, FunctionNeed, Purpose, PurposeTarget, Target
+from app.models.checkpoint import Checkpoint, CheckpointHead
 from app.models.consent import Consent, ConsentEvent
 from app.models.guardian import GuardianConsent
 from app.models.idempotency import IdempotencyRecord
@@ -14,6 +15,8 @@ __all__ = [
     "GENESIS_HASH",
     "ApiKey",
     "BusinessFunction",
+    "Checkpoint",
+    "CheckpointHead",
     "Consent",
     "ConsentEvent",
     "FunctionNeed",

@@ -1,0 +1,292 @@
+"""Signed checkpoints: the event count and a Merkle root over every subject's chain head, signed
+with Ed25519, so that an auditor who keeps them outside the system can later prove the ledger
+still extends each one (a hash chain alone cannot show that its newest events were cut off).
+
+The Merkle tree, precisely (the README repeats it for auditors):
+  leaf   = SHA-256(0x00 || subject_id as UTF-8 || 0x00 || seq in decimal ASCII || 0x00 || head_hash
+                   as hex ASCII), one per subject with at least one event, ordered by the UTF-8
+                   bytes of subject_id;
+  node   = SHA-256(0x01 || left || right), pairing left to right; a lone last node moves up
+           unchanged;
+  root   = the last node, as hex; SHA-256 of nothing for an empty ledger.
+The signed message is the ASCII text
+  "consent-ledger checkpoint v1\n{id}\n{created_at}\n{event_count}\n{subject_count}\n{root}\n"
+  "{previous checkpoint's id}\n{previous checkpoint's root}\n" ("none" for the first), so the
+checkpoints form a chain of their own and none can be removed or slipped in unnoticed.
+"""
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import Uuid, delete, literal
+from sqlmodel import col, func, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.db import Database
+from app.core.errors import Conflict
+from app.core.types import isoformat_z, utcnow, uuid7
+from app.models import Checkpoint, CheckpointHead, ConsentEvent, Subject
+
+CHECKPOINT_LOCK = 0x636C5F636B70  # "cl_ckp": one checkpoint writer at a time (PostgreSQL)
+
+
+def signing_key(secret: str) -> Ed25519PrivateKey:
+    """The checkpoint key, derived from the service's signing secret (HKDF-SHA256), so it needs
+    no key file of its own and is the same on every instance."""
+    seed = HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"consent-ledger checkpoint signing key v1",
+    ).derive(secret.encode())
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def public_key_hex(key: Ed25519PrivateKey) -> str:
+    return key.public_key().public_bytes_raw().hex()
+
+
+def public_key_pem(key: Ed25519PrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _leaf(subject_id: str, seq: int, head_hash: str) -> bytes:
+    data = (
+        b"\x00" + subject_id.encode() + b"\x00" + str(seq).encode() + b"\x00" + head_hash.encode()
+    )
+    return hashlib.sha256(data).digest()
+
+
+class MerkleFold:
+    """Builds the root from leaves given in order, in memory proportional to log(n): perfect
+    subtrees are merged as soon as they are complete, and what is left is joined right to
+    left at the end, which is the same tree as pairing level by level."""
+
+    def __init__(self) -> None:
+        self._stack: list[tuple[int, bytes]] = []  # (subtree size, hash)
+
+    def add(self, subject_id: str, seq: int, head_hash: str) -> None:
+        node = (1, _leaf(subject_id, seq, head_hash))
+        while self._stack and self._stack[-1][0] == node[0]:
+            size, left = self._stack.pop()
+            node = (size * 2, _node(left, node[1]))
+        self._stack.append(node)
+
+    def root(self) -> str:
+        if not self._stack:
+            return hashlib.sha256(b"").hexdigest()
+        _, right = self._stack[-1]
+        for _, left in reversed(self._stack[:-1]):
+            right = _node(left, right)
+        return right.hex()
+
+
+def _node(left: bytes, right: bytes) -> bytes:
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def merkle_root(heads: Iterable[tuple[str, int, str]]) -> str:
+    """The root over (subject_id, seq, head_hash) chain heads, in any order."""
+    fold = MerkleFold()
+    for head in sorted(heads, key=lambda h: h[0].encode()):
+        fold.add(*head)
+    return fold.root()
+
+
+def signed_message(checkpoint: Checkpoint) -> str:
+    return (
+        "consent-ledger checkpoint v1\n"
+        f"{checkpoint.id}\n{isoformat_z(checkpoint.created_at)}\n{checkpoint.event_count}\n"
+        f"{checkpoint.subject_count}\n{checkpoint.merkle_root}\n"
+        f"{checkpoint.previous_id or 'none'}\n{checkpoint.previous_root or 'none'}\n"
+    )
+
+
+def signature_valid(checkpoint: Checkpoint, key: Ed25519PublicKey) -> bool:
+    """Signed by ``key`` (the service's), not by whatever key the row names."""
+    if checkpoint.public_key != key.public_bytes_raw().hex():
+        return False
+    try:
+        key.verify(bytes.fromhex(checkpoint.signature), signed_message(checkpoint).encode())
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class LedgerNoLongerExtendsCheckpoint(Conflict):
+    slug = "ledger-no-longer-extends-checkpoint"
+    title = "The ledger no longer extends the latest checkpoint"
+
+
+async def create_checkpoint(
+    session: AsyncSession, key: Ed25519PrivateKey, *, unless_newer_than: timedelta | None = None
+) -> Checkpoint | None:
+    """Write a signed checkpoint of the ledger, chained to the previous one. With
+    ``unless_newer_than`` (the periodic job), nothing is written if another worker wrote one
+    that recently, or if nothing changed since. Refused (409) if the ledger no longer holds
+    every head the previous checkpoint saw: signing it would bury the evidence."""
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        await session.exec(select(func.pg_advisory_xact_lock(CHECKPOINT_LOCK)))
+    latest = await latest_checkpoint(session)
+    now = utcnow()
+    periodic = unless_newer_than is not None
+    if periodic and latest is not None and now - latest.created_at < unless_newer_than:  # type: ignore[operator]
+        return None
+    if periodic and latest is not None:
+        appended = select(func.coalesce(func.sum(Subject.last_seq), 0))
+        if (await session.exec(appended)).one() == latest.event_count:
+            return None  # nothing was appended since (events are never removed)
+    if latest is not None and (cut := await check_against(session, latest)):
+        raise LedgerNoLongerExtendsCheckpoint(
+            f"{len(cut)} subject(s), first {cut[0].subject_id!r}, no longer hold the head the "
+            f"checkpoint {latest.id} saw; run the verification and investigate before signing"
+        )
+    checkpoint = Checkpoint(
+        id=uuid7(),
+        created_at=now,
+        event_count=0,
+        subject_count=0,
+        merkle_root="",
+        public_key=public_key_hex(key),
+        signature="",
+        previous_id=latest.id if latest else None,
+        previous_root=latest.merkle_root if latest else None,
+    )
+    session.add(checkpoint)
+    await session.flush()
+    # One statement copies every head, so the heads, the count and the root agree with each
+    # other even while writers keep going (each statement sees one state of the database).
+    heads = CheckpointHead.__table__  # type: ignore[attr-defined]
+    await session.exec(
+        heads.insert().from_select(
+            ["checkpoint_id", "subject_id", "seq", "head_hash"],
+            select(
+                literal(checkpoint.id, Uuid()), Subject.id, Subject.last_seq, Subject.head_hash
+            ).where(col(Subject.last_seq) > 0),
+        )
+    )
+    counts = select(func.count(), func.coalesce(func.sum(CheckpointHead.seq), 0)).where(
+        CheckpointHead.checkpoint_id == checkpoint.id
+    )
+    checkpoint.subject_count, checkpoint.event_count = (await session.exec(counts)).one()
+    checkpoint.merkle_root = await stored_heads_root(session, checkpoint)
+    if (
+        periodic
+        and latest is not None
+        and (latest.event_count, latest.merkle_root)
+        == (
+            checkpoint.event_count,
+            checkpoint.merkle_root,
+        )
+    ):  # nothing changed: no new checkpoint
+        await session.exec(
+            delete(CheckpointHead).where(col(CheckpointHead.checkpoint_id) == checkpoint.id)
+        )
+        await session.delete(checkpoint)
+        return None
+    checkpoint.signature = key.sign(signed_message(checkpoint).encode()).hex()
+    session.add(checkpoint)
+    await session.flush()
+    return checkpoint
+
+
+async def latest_checkpoint(session: AsyncSession) -> Checkpoint | None:
+    statement = select(Checkpoint).order_by(col(Checkpoint.created_at).desc()).limit(1)
+    return (await session.exec(statement)).first()
+
+
+async def list_checkpoints(
+    session: AsyncSession, *, limit: int, before: datetime | None
+) -> list[Checkpoint]:
+    statement = select(Checkpoint).order_by(col(Checkpoint.created_at).desc()).limit(limit)
+    if before is not None:
+        statement = statement.where(col(Checkpoint.created_at) < before)
+    return list((await session.exec(statement)).all())
+
+
+@dataclass(frozen=True)
+class HeadProblem:
+    subject_id: str
+    seq: int
+    expected: str
+    found: str | None
+
+
+async def check_against(session: AsyncSession, checkpoint: Checkpoint) -> list[HeadProblem]:
+    """Every subject head the checkpoint saw must still be in the ledger, unchanged: a missing
+    one means the ledger was cut back (truncated), a different one that it was rewritten."""
+    statement = (
+        select(
+            CheckpointHead.subject_id,
+            CheckpointHead.seq,
+            CheckpointHead.head_hash,
+            ConsentEvent.hash,
+        )
+        .select_from(CheckpointHead)
+        .outerjoin(
+            ConsentEvent,
+            (col(ConsentEvent.subject_id) == col(CheckpointHead.subject_id))
+            & (col(ConsentEvent.seq) == col(CheckpointHead.seq)),
+        )
+        .where(CheckpointHead.checkpoint_id == checkpoint.id)
+        .order_by(col(CheckpointHead.subject_id))
+    )
+    problems = []
+    result = await session.stream(statement.execution_options(yield_per=2000))
+    async for subject_id, seq, expected, found in result:
+        if found != expected:
+            problems.append(HeadProblem(subject_id, seq, expected, found))
+    return problems
+
+
+def _byte_order(session: AsyncSession) -> Any:
+    """Subject ids in the order of their UTF-8 bytes, as the Merkle tree wants them."""
+    bind = session.bind
+    if bind is not None and bind.dialect.name == "postgresql":
+        return col(CheckpointHead.subject_id).collate("C")
+    return col(CheckpointHead.subject_id)  # SQLite compares text as bytes
+
+
+async def stored_heads_root(session: AsyncSession, checkpoint: Checkpoint) -> str:
+    """The root over the heads stored for ``checkpoint``, streamed: memory stays small."""
+    statement = (
+        select(CheckpointHead.subject_id, CheckpointHead.seq, CheckpointHead.head_hash)
+        .where(CheckpointHead.checkpoint_id == checkpoint.id)
+        .order_by(_byte_order(session))
+    )
+    fold = MerkleFold()
+    result = await session.stream(statement.execution_options(yield_per=5000))
+    async for partition in result.partitions():
+        for subject_id, seq, head_hash in partition:
+            fold.add(subject_id, seq, head_hash)
+    return fold.root()
+
+
+async def stream_heads(database: Database, checkpoint_id: uuid.UUID) -> AsyncIterator[str]:
+    """The chain heads a checkpoint saw, as NDJSON, for auditors to recompute its root."""
+    async with database.read_sessions() as session, session.begin():
+        statement = (
+            select(CheckpointHead.subject_id, CheckpointHead.seq, CheckpointHead.head_hash)
+            .where(CheckpointHead.checkpoint_id == checkpoint_id)
+            .order_by(col(CheckpointHead.subject_id))
+        )
+        result = await session.stream(statement.execution_options(yield_per=5000))
+        async for partition in result.partitions():
+            yield "".join(
+                json.dumps({"subject_id": s, "seq": q, "head_hash": h}, ensure_ascii=False) + "\n"
+                for s, q, h in partition
+            )
