@@ -29,6 +29,8 @@ from tests.factories import KEY_NAMES, KEYS, TEST_SECRET, auth
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 DATA_TABLES = (
+    "checkpoint_head",
+    "checkpoint",
     "consent",
     "consent_event",
     "guardian_consent",

@@ -1,13 +1,18 @@
 """The command line: clear one-line errors, and migrate on a fresh database."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
-from tests.factories import TEST_SECRET
+from app.core.config import normalise_database_url
+from tests.factories import OPTIONAL, TEST_SECRET, set_consent
 
 
 def run_cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -157,3 +162,44 @@ def test_a_secret_file_that_cannot_be_written_is_one_line(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert result.stderr.startswith("consent-ledger: cannot create the signing secret file")
     assert "Traceback" not in result.stderr
+
+
+async def test_export_and_verify_from_the_command_line(
+    tmp_path: Path, database_url: str, client: httpx.AsyncClient
+) -> None:
+    for subject in ("x-1", "x-2"):
+        await set_consent(client, subject, *OPTIONAL, "given")
+        await set_consent(client, subject, *OPTIONAL, "withdrawn")
+    env = {"DATABASE_URL": database_url, "CONSENT_LEDGER_SECRET_KEY": TEST_SECRET}
+    out = tmp_path / "ledger.csv"
+    exported = run_cli(
+        "export", "--format", "csv", "-o", str(out), "--subject", "x-2", env=env, cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout.strip() == f"wrote 2 events to {out}"
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("id,subject_id,seq,")
+    assert len(lines) == 3
+
+    verified = run_cli("verify", env=env, cwd=tmp_path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("OK: 4 events of 2 subjects checked")
+
+    engine = create_async_engine(normalise_database_url(database_url))
+    async with engine.begin() as connection:
+        await connection.execute(text("UPDATE subject SET head_hash = 'f00d' WHERE id = 'x-1'"))
+    await engine.dispose()
+    broken = run_cli("verify", "--json", env=env, cwd=tmp_path)
+    assert broken.returncode == 1
+    report = json.loads(broken.stdout)
+    assert report["ok"] is False
+    assert report["problems"][0]["problem"] == "head_mismatch"
+
+
+def test_export_refuses_bad_filters_in_one_line(tmp_path: Path) -> None:
+    result = run_cli(
+        "export", "-o", "x", "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-01T00:00:00Z",
+        env={}, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip() == "consent-ledger: until must be after since"

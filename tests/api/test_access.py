@@ -19,6 +19,7 @@ from tests.factories import KEYS, OPTIONAL, auth
 
 CALLERS = ("none", "bad", "revoked", "app", "auditor", "officer", "admin", "own", "other")
 STAFF_READERS = frozenset({"app", "auditor", "officer", "admin"})
+AUDITORS = frozenset({"auditor", "officer", "admin"})
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,21 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/v1/subjects/{subject_id}/devices/{device_id}/permissions"): Entry(
         "consents:read", STAFF_READERS | {"own"}
     ),
+    ("GET", "/v1/audit/events"): Entry("audit:read", AUDITORS),
+    ("GET", "/v1/audit/consents"): Entry(
+        "audit:read",
+        AUDITORS,
+        params={"as_of": "2030-01-01T00:00:00Z", "target": OPTIONAL[0], "purpose": OPTIONAL[1]},
+    ),
+    ("GET", "/v1/audit/export"): Entry("audit:read", AUDITORS),
+    ("GET", "/v1/audit/verify"): Entry("audit:read", AUDITORS),
+    ("GET", "/v1/audit/checkpoints"): Entry("audit:read", AUDITORS),
+    ("POST", "/v1/audit/checkpoints"): Entry(
+        "audit:checkpoint", _allowed("officer", "admin"), ok=201
+    ),
+    ("GET", "/v1/audit/public-key"): Entry("audit:read", AUDITORS),
+    ("GET", "/v1/audit/checkpoints/{checkpoint_id}/heads"): Entry("audit:read", AUDITORS),
+    ("GET", "/v1/audit/stats"): Entry("audit:read", AUDITORS),
     ("GET", "/v1/keys"): Entry("keys:manage", _allowed("admin")),
     ("POST", "/v1/keys"): Entry("keys:manage", _allowed("admin"), ok=201, body={"role": "auditor"}),
     ("POST", "/v1/keys/{name}/revocation"): Entry("keys:manage", _allowed("admin")),
@@ -155,7 +171,9 @@ async def credentials(client: httpx.AsyncClient, subject_id: str) -> dict[str, s
     assert (
         await client.post("/v1/keys", json={"name": "victim", "role": "auditor"}, headers=admin)
     ).status_code == 201
-    tokens = {}
+    checkpoint = await client.post("/v1/audit/checkpoints", headers=admin)
+    assert checkpoint.status_code == 201, checkpoint.text
+    tokens = {"checkpoint_id": checkpoint.json()["id"]}
     for who, subject in (("own", subject_id), ("other", f"{subject_id}-other")):
         response = await client.post(f"/v1/subjects/{subject}/tokens")
         assert response.status_code == 201, response.text
@@ -186,6 +204,7 @@ async def test_access(
         "name": "victim",
         "version": "2022-02",
         "device_id": "phone-1",
+        "checkpoint_id": credentials["checkpoint_id"],
     }
     url = path.format(**(names | entry.path))
     mismatches = []

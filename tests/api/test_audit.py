@@ -1,0 +1,560 @@
+"""The auditors' side: history queries, exports, verification, signed checkpoints, statistics."""
+
+import asyncio
+import base64
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from app.audit.checkpoints import create_checkpoint
+from app.core.config import Settings
+from app.main import create_app
+from tests.factories import KEYS, OPTIONAL, OPTIONAL_2, all_events, auth, set_consent
+
+AUDITOR = auth(KEYS["auditor"])
+OFFICER = auth(KEYS["officer"])
+
+
+async def get(client: httpx.AsyncClient, url: str, **params: Any) -> Any:
+    response = await client.get(url, params=params, headers=AUDITOR)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def tamper(app: FastAPI, *statements: str) -> None:
+    """Change the ledger behind the service's back, as someone with database access could."""
+    engine = app.state.database.engine
+    async with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            await connection.execute(
+                text("ALTER TABLE consent_event DISABLE TRIGGER consent_event_append_only")
+            )
+        else:
+            await connection.execute(text("DROP TRIGGER consent_event_no_update"))
+            await connection.execute(text("DROP TRIGGER consent_event_no_delete"))
+        for statement in statements:
+            await connection.execute(text(statement))
+        if engine.dialect.name == "postgresql":
+            await connection.execute(
+                text("ALTER TABLE consent_event ENABLE TRIGGER consent_event_append_only")
+            )
+
+
+async def three_events(client: httpx.AsyncClient, subject_id: str) -> list[dict[str, Any]]:
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+    await set_consent(client, subject_id, *OPTIONAL_2, "refused")
+    await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+    return await all_events(client, subject_id)
+
+
+# --- queries ------------------------------------------------------------------------------------
+
+
+async def test_events_across_subjects_filter_and_page_both_ways(
+    client: httpx.AsyncClient,
+) -> None:
+    for subject in ("a-1", "a-2"):
+        await three_events(client, subject)
+    oldest = await get(client, "/v1/audit/events", limit=4)
+    assert len(oldest["items"]) == 4
+    rest = await get(client, "/v1/audit/events", limit=4, cursor=oldest["next_cursor"])
+    assert rest["next_cursor"] is None
+    ids = [e["id"] for e in oldest["items"] + rest["items"]]
+    assert len(set(ids)) == 6
+    times = [e["recorded_at"] for e in oldest["items"] + rest["items"]]
+    assert times == sorted(times)
+    newest = await get(client, "/v1/audit/events", order="newest", limit=100)
+    assert [e["id"] for e in newest["items"]] == ids[::-1]
+
+    withdrawn = await get(client, "/v1/audit/events", state="withdrawn")
+    assert {e["subject_id"] for e in withdrawn["items"]} == {"a-1", "a-2"}
+    one = await get(
+        client, "/v1/audit/events", subject_id="a-2", target=OPTIONAL[0], purpose=OPTIONAL[1]
+    )
+    assert [e["state"] for e in one["items"]] == ["given", "withdrawn"]
+    by_actor = await get(
+        client, "/v1/audit/events", actor="app", source="api", policy_version="2022-02"
+    )
+    assert len(by_actor["items"]) == 6
+    later = await get(client, "/v1/audit/events", since=times[3])
+    assert [e["id"] for e in later["items"]] == ids[3:]
+    earlier = await get(client, "/v1/audit/events", until=times[3])
+    assert [e["id"] for e in earlier["items"]] == ids[:3]
+    bad = await client.get(
+        "/v1/audit/events", params={"since": times[3], "until": times[0]}, headers=AUDITOR
+    )
+    assert bad.status_code == 422
+
+
+async def test_who_could_lawfully_be_processed_at_an_instant(client: httpx.AsyncClient) -> None:
+    await set_consent(client, "s-given", *OPTIONAL, "given")
+    await set_consent(client, "s-refused", *OPTIONAL, "refused")
+    withdrawn_later = await set_consent(client, "s-withdrawn", *OPTIONAL, "given")
+    await asyncio.sleep(0.01)
+    withdrawal = await set_consent(client, "s-withdrawn", *OPTIONAL, "withdrawn")
+    params = {"target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+
+    then = await get(client, "/v1/audit/consents", as_of=withdrawn_later["recorded_at"], **params)
+    assert [s["subject_id"] for s in then["items"]] == ["s-given", "s-withdrawn"]
+    assert then["items"][1]["event_id"] == withdrawn_later["event_id"]
+    now = await get(client, "/v1/audit/consents", as_of=withdrawal["recorded_at"], **params)
+    assert [s["subject_id"] for s in now["items"]] == ["s-given"]
+    paged = await get(
+        client, "/v1/audit/consents", as_of=withdrawn_later["recorded_at"], limit=1, **params
+    )
+    assert paged["next_cursor"] is not None
+    necessary = await client.get(
+        "/v1/audit/consents",
+        params={
+            "as_of": withdrawal["recorded_at"],
+            "target": "email",
+            "purpose": "account_registration",
+        },
+        headers=AUDITOR,
+    )
+    assert necessary.status_code == 422
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+async def test_the_export_is_the_ledger_in_both_formats(client: httpx.AsyncClient) -> None:
+    ledger = []
+    for subject in ("e-1", "e-2", "e-3"):
+        ledger += await three_events(client, subject)
+    response = await client.get("/v1/audit/export", headers=AUDITOR)
+    assert response.headers["content-type"] == "application/x-ndjson"
+    assert "attachment" in response.headers["content-disposition"]
+    assert "content-length" not in response.headers  # streamed, not built up in memory first
+    exported = [json.loads(line) for line in response.text.splitlines()]
+    assert exported == ledger  # every field, in subject and sequence order
+
+    response = await client.get("/v1/audit/export", params={"format": "csv"}, headers=AUDITOR)
+    assert response.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(response.text)))
+    assert [r["hash"] for r in rows] == [e["hash"] for e in ledger]
+    assert json.loads(rows[0]["evidence"]) == ledger[0]["evidence"]
+    assert rows[0]["actor_id"] == "test-app"
+
+    filtered = await client.get(
+        "/v1/audit/export", params={"subject_id": "e-2", "state": "given"}, headers=AUDITOR
+    )
+    [only] = [json.loads(line) for line in filtered.text.splitlines()]
+    assert (only["subject_id"], only["state"]) == ("e-2", "given")
+
+
+async def test_an_export_during_heavy_writes_holds_no_half_written_change(
+    client: httpx.AsyncClient,
+) -> None:
+    batch = {
+        "changes": [
+            {"target": t, "purpose": "service_improvement", "state": "given"}
+            for t in ("gender", "age", "device.model")
+        ]
+    }
+
+    async def writer(subject: str) -> None:
+        for _ in range(8):
+            response = await client.post(f"/v1/subjects/{subject}/consents", json=batch)
+            assert response.status_code == 200
+
+    async def exporter() -> list[dict[str, Any]]:
+        await asyncio.sleep(0.05)
+        response = await client.get("/v1/audit/export", headers=AUDITOR)
+        return [json.loads(line) for line in response.text.splitlines()]
+
+    *_, exported = await asyncio.gather(*(writer(f"w-{i}") for i in range(4)), exporter())
+    per_subject: dict[str, list[int]] = {}
+    for event in exported:
+        per_subject.setdefault(event["subject_id"], []).append(event["seq"])
+    for seqs in per_subject.values():
+        assert seqs == list(range(1, len(seqs) + 1))  # a prefix of each chain…
+        assert len(seqs) % 3 == 0  # …made of whole changes
+
+
+# --- verification and checkpoints ---------------------------------------------------------------
+
+
+async def verification(client: httpx.AsyncClient) -> dict[str, Any]:
+    result: dict[str, Any] = await get(client, "/v1/audit/verify")
+    return result
+
+
+async def test_an_untouched_ledger_verifies(client: httpx.AsyncClient) -> None:
+    await three_events(client, "v-1")
+    await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    report = await verification(client)
+    assert report["ok"] is True
+    assert (report["subjects"], report["events"], report["problems"]) == (1, 3, [])
+    assert report["current_state"] == []
+    assert report["checkpoint"]["signature_valid"] is True
+
+
+@pytest.mark.parametrize(
+    ("tampering", "seq", "problem"),
+    [
+        (["UPDATE consent_event SET state = 'given' WHERE subject_id = 'v-1' AND seq = 3"], 3, "edited"),
+        (
+            [
+                "DELETE FROM consent WHERE subject_id = 'v-1' AND target_key = 'device.model'",
+                "DELETE FROM consent_event WHERE subject_id = 'v-1' AND seq = 2",
+            ],
+            2,
+            "gap",
+        ),
+        (
+            [
+                "UPDATE consent_event SET seq = 99 WHERE subject_id = 'v-1' AND seq = 2",
+                "UPDATE consent_event SET seq = 2 WHERE subject_id = 'v-1' AND seq = 3",
+                "UPDATE consent_event SET seq = 3 WHERE subject_id = 'v-1' AND seq = 99",
+            ],
+            2,
+            "broken_link",
+        ),
+        (
+            [
+                "UPDATE consent_event SET seq = 4 WHERE subject_id = 'v-1' AND seq = 3",
+                "INSERT INTO consent_event (id, subject_id, seq, target_key, purpose_key, state, "
+                "previous_state, actor, actor_id, source, policy_version, recorded_at, evidence, "
+                "prev_hash, hash) SELECT {forged_id}, subject_id, 3, target_key, purpose_key, "
+                "'given', state, actor, actor_id, source, policy_version, recorded_at, evidence, "
+                "hash, hash FROM consent_event WHERE subject_id = 'v-1' AND seq = 2",
+            ],
+            3,
+            "edited",
+        ),
+    ],
+    ids=["edited-field", "deleted-event", "reordered-events", "inserted-event"],
+)  # fmt: skip
+async def test_tampering_is_caught_at_the_first_broken_link(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    backend: str,
+    tampering: list[str],
+    seq: int,
+    problem: str,
+) -> None:
+    await three_events(client, "v-1")
+    await three_events(client, "v-2")
+    forged_id = "gen_random_uuid()" if backend == "postgresql" else "lower(hex(randomblob(16)))"
+    await tamper(app, *(s.replace("{forged_id}", forged_id) for s in tampering))
+    report = await verification(client)
+    assert report["ok"] is False
+    [found] = report["problems"]  # v-2 is intact
+    assert (found["subject_id"], found["seq"], found["problem"]) == ("v-1", seq, problem)
+    assert found["expected"] != found["found"]
+
+
+async def test_cutting_off_the_newest_events_is_caught_by_the_checkpoint(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    events = await three_events(client, "v-1")
+    await three_events(client, "v-2")
+    await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    # Hide the withdrawal: remove the last event, point the current state back at the grant and
+    # make the subject's head agree, so that the chain itself looks whole.
+    await tamper(
+        app,
+        "UPDATE consent SET state = 'given', event_id = (SELECT event_id FROM consent "
+        "WHERE subject_id = 'v-2' AND target_key = 'device.model') "
+        "WHERE subject_id = 'v-1' AND target_key = 'gender'",
+        "DELETE FROM consent_event WHERE subject_id = 'v-1' AND seq = 3",
+        f"UPDATE subject SET last_seq = 2, head_hash = '{events[1]['hash']}' WHERE id = 'v-1'",
+    )
+    report = await verification(client)
+    assert report["problems"] == []
+    assert report["ok"] is False
+    [truncated] = report["checkpoint"]["truncated"]
+    assert (truncated["subject_id"], truncated["seq"], truncated["expected"]) == (
+        "v-1",
+        3,
+        events[2]["hash"],
+    )
+    assert truncated["found"] is None
+
+
+async def test_checkpoints_verify_with_the_public_key_alone(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await three_events(client, "c-1")
+    created = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert created.status_code == 201
+    checkpoint = created.json()
+    assert (checkpoint["event_count"], checkpoint["subject_count"]) == (3, 1)
+    listed = await get(client, "/v1/audit/checkpoints")
+    assert listed["items"][0] == checkpoint
+
+    pem = (await get(client, "/v1/audit/public-key"))["pem"]
+    key = load_pem_public_key(pem.encode())
+    assert isinstance(key, Ed25519PublicKey)
+    key.verify(bytes.fromhex(checkpoint["signature"]), checkpoint["signed_message"].encode())
+    assert checkpoint["signed_message"].splitlines()[1:] == [
+        checkpoint["id"],
+        checkpoint["created_at"],
+        "3",
+        "1",
+        checkpoint["merkle_root"],
+        "none",
+        "none",
+    ]
+    # A checkpoint edited in the database no longer verifies.
+    async with app.state.database.engine.begin() as connection:
+        await connection.execute(text("UPDATE checkpoint SET event_count = 2"))
+    report = await verification(client)
+    assert report["checkpoint"]["signature_valid"] is False
+    assert report["ok"] is False
+
+
+async def test_the_merkle_root_is_what_the_readme_says(client: httpx.AsyncClient) -> None:
+    import hashlib
+
+    heads = []
+    for subject in ("m-b", "m-a", "m-c"):
+        events = await three_events(client, subject)
+        heads.append((subject, 3, events[-1]["hash"]))
+    checkpoint = (await client.post("/v1/audit/checkpoints", headers=OFFICER)).json()
+
+    def leaf(subject: str, seq: int, head: str) -> bytes:
+        return hashlib.sha256(
+            b"\0" + b"\0".join([subject.encode(), str(seq).encode(), head.encode()])
+        ).digest()
+
+    a, b, c = (leaf(*h) for h in sorted(heads))
+    root = hashlib.sha256(b"\1" + hashlib.sha256(b"\1" + a + b).digest() + c).hexdigest()
+    assert checkpoint["merkle_root"] == root
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+async def test_stats_count_changes_per_bucket(client: httpx.AsyncClient) -> None:
+    await set_consent(client, "t-1", *OPTIONAL, "given")
+    await set_consent(client, "t-1", *OPTIONAL, "given")  # a renewal
+    await set_consent(client, "t-1", *OPTIONAL_2, "refused")
+    await set_consent(client, "t-2", *OPTIONAL, "given")
+    await set_consent(client, "t-2", *OPTIONAL, "withdrawn")
+    today = datetime.now(UTC).date()
+    day = await get(client, "/v1/audit/stats", bucket="day")
+    assert day["items"] == [
+        {
+            "start": today.isoformat(),
+            "given": 2,
+            "renewed": 1,
+            "refused": 1,
+            "withdrawn": 1,
+            "revoked": 0,
+        }
+    ]
+    week = await get(client, "/v1/audit/stats", bucket="week", target=OPTIONAL[0])
+    monday = today - timedelta(days=today.weekday())
+    assert week["items"][0]["start"] == monday.isoformat()
+    assert week["items"][0]["refused"] == 0
+    month = await get(client, "/v1/audit/stats", bucket="month")
+    assert month["items"][0]["start"] == today.replace(day=1).isoformat()
+
+
+def readme_block(marker: str) -> dict[str, Any]:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    script = readme.split(f"<!-- {marker} -->")[1].split("```python")[1].split("```")[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(script, "README.md", "exec"), namespace)
+    return namespace
+
+
+async def test_the_readme_scripts_check_an_export_and_a_checkpoint(
+    app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    for subject in ("r-1", "r-2", "r-3"):
+        await three_events(client, subject)
+    checkpoint = (await client.post("/v1/audit/checkpoints", headers=OFFICER)).json()
+    response = await client.get(f"/v1/audit/checkpoints/{checkpoint['id']}/heads", headers=AUDITOR)
+    heads = [
+        (h["subject_id"], h["seq"], h["head_hash"])
+        for h in map(json.loads, response.text.splitlines())
+    ]
+    export = tmp_path / "ledger.ndjson"
+    export.write_text((await client.get("/v1/audit/export", headers=AUDITOR)).text)
+    events = [json.loads(line) for line in export.read_text().splitlines()]
+
+    chain = readme_block("auditor-script")["verify"]
+    assert readme_block("auditor-export-script")["verify_export"](export, chain) == {}
+    checkpoint_script = readme_block("auditor-checkpoint-script")
+    assert checkpoint_script["merkle_root"](heads) == checkpoint["merkle_root"]
+    assert checkpoint_script["cut_off"](heads, events) == []
+
+    await tamper(app, "UPDATE consent_event SET reason = 'x' WHERE subject_id = 'r-2' AND seq = 2")
+    export.write_text((await client.get("/v1/audit/export", headers=AUDITOR)).text)
+    assert readme_block("auditor-export-script")["verify_export"](export, chain) == {"r-2": 2}
+    assert checkpoint_script["cut_off"](heads, events[:-1]) == ["r-3"]
+    missing = await client.get(
+        "/v1/audit/checkpoints/00000000-0000-0000-0000-000000000000/heads", headers=AUDITOR
+    )
+    assert missing.status_code == 404
+
+
+async def test_checkpoints_are_written_by_themselves_once_per_interval_across_workers(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    await three_events(client, "p-1")
+    every_2s = settings.model_copy(update={"checkpoint_interval_seconds": 2})
+    one, two = create_app(every_2s), create_app(every_2s)
+    async with one.router.lifespan_context(one), two.router.lifespan_context(two):
+        for _ in range(60):
+            await asyncio.sleep(0.1)
+            listed = await get(client, "/v1/audit/checkpoints")
+            if listed["items"]:
+                break
+        await asyncio.sleep(1.2)  # both workers looked again within the interval
+        listed = await get(client, "/v1/audit/checkpoints")
+    assert len(listed["items"]) == 1
+    assert listed["items"][0]["event_count"] == 3
+
+
+async def test_a_checkpoint_signed_with_another_key_or_a_removed_one_is_caught(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    events = await three_events(client, "k-1")
+    for _ in range(3):
+        assert (await client.post("/v1/audit/checkpoints", headers=OFFICER)).status_code == 201
+    assert (await verification(client))["checkpoint"]["checkpoints"] == 3
+    # Cut the newest event, then sign the cut ledger with a key of one's own.
+    await tamper(
+        app,
+        "UPDATE consent SET state = 'refused', event_id = (SELECT id FROM consent_event "
+        "WHERE subject_id = 'k-1' AND seq = 2) WHERE subject_id = 'k-1' AND target_key = 'gender'",
+        "DELETE FROM consent_event WHERE subject_id = 'k-1' AND seq = 3",
+        f"UPDATE subject SET last_seq = 2, head_hash = '{events[1]['hash']}' WHERE id = 'k-1'",
+    )
+    async with app.state.database.write_sessions() as session, session.begin():
+        await session.exec(text("DELETE FROM checkpoint_head"))  # type: ignore[call-overload]
+        forged = await create_checkpoint(session, Ed25519PrivateKey.generate())
+    assert forged is not None
+    report = await verification(client)
+    assert report["ok"] is False
+    assert report["checkpoint"]["signature_valid"] is False
+    assert any("not signed by this service" in p for p in report["checkpoint"]["chain_problems"])
+
+
+async def test_removing_a_checkpoint_breaks_the_chain_of_checkpoints(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    await three_events(client, "k-2")
+    made = [(await client.post("/v1/audit/checkpoints", headers=OFFICER)).json() for _ in range(3)]
+    assert made[1]["previous_id"] == made[0]["id"]
+    middle = made[1]["id"]
+    async with app.state.database.engine.begin() as connection:
+        for table, column in (("checkpoint_head", "checkpoint_id"), ("checkpoint", "id")):
+            await connection.execute(
+                text(f"DELETE FROM {table} WHERE {column} = :id"),
+                {
+                    "id": middle
+                    if app.state.database.dialect == "postgresql"
+                    else middle.replace("-", "")
+                },
+            )
+    report = await verification(client)
+    assert report["ok"] is False
+    assert any("does not follow" in p for p in report["checkpoint"]["chain_problems"])
+
+
+async def test_no_checkpoint_is_signed_over_a_cut_ledger(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    events = await three_events(client, "k-3")
+    await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    await tamper(
+        app,
+        "UPDATE consent SET state = 'refused', event_id = (SELECT id FROM consent_event "
+        "WHERE subject_id = 'k-3' AND seq = 2) WHERE subject_id = 'k-3' AND target_key = 'gender'",
+        "DELETE FROM consent_event WHERE subject_id = 'k-3' AND seq = 3",
+        f"UPDATE subject SET last_seq = 2, head_hash = '{events[1]['hash']}' WHERE id = 'k-3'",
+    )
+    refused = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert refused.status_code == 409
+    assert "k-3" in refused.json()["detail"]
+    assert len((await get(client, "/v1/audit/checkpoints"))["items"]) == 1
+
+
+async def test_a_current_state_that_disagrees_with_the_ledger_is_caught(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    events = await three_events(client, "k-4")
+    grant = (
+        events[0]["id"]
+        if app.state.database.dialect == "postgresql"
+        else events[0]["id"].replace("-", "")
+    )
+    async with app.state.database.engine.begin() as connection:  # no trigger guards this table
+        await connection.execute(
+            text(
+                "UPDATE consent SET state = 'given', event_id = :grant "
+                "WHERE subject_id = 'k-4' AND target_key = 'gender'"
+            ),
+            {"grant": grant},
+        )
+    report = await verification(client)
+    assert report["ok"] is False
+    assert report["problems"] == []
+    [problem] = report["current_state"]
+    assert (problem["subject_id"], problem["problem"], problem["seq"]) == (
+        "k-4",
+        "current_state_mismatch",
+        3,
+    )
+
+
+async def test_checkpoints_taken_during_writes_count_what_their_heads_hold(
+    client: httpx.AsyncClient,
+) -> None:
+    async def writer(subject: str) -> None:
+        for state in ("given", "withdrawn") * 4:
+            await set_consent(client, subject, *OPTIONAL, state)
+
+    async def checkpointer() -> list[dict[str, Any]]:
+        made = []
+        for _ in range(5):
+            made.append((await client.post("/v1/audit/checkpoints", headers=OFFICER)).json())
+            await asyncio.sleep(0.01)
+        return made
+
+    *_, made = await asyncio.gather(*(writer(f"cw-{i}") for i in range(3)), checkpointer())
+    for checkpoint in made:
+        response = await client.get(
+            f"/v1/audit/checkpoints/{checkpoint['id']}/heads", headers=AUDITOR
+        )
+        heads = [json.loads(line) for line in response.text.splitlines()]
+        assert checkpoint["event_count"] == sum(h["seq"] for h in heads)
+
+
+@pytest.mark.parametrize(
+    ("url", "position"),
+    [
+        ("/v1/audit/events", {"t": "2026-01-01T00:00:00", "id": "00000000-0000-0000-0000-000000000000"}),
+        ("/v1/audit/events", {"t": "9999-12-31T23:59:59-14:00", "id": "00000000-0000-0000-0000-000000000000"}),
+        ("/v1/audit/checkpoints", {"t": "0001-01-01T00:00:00+14:00"}),
+        ("/v1/audit/consents", {"s": "a\u0000b"}),
+        ("/v1/audit/consents", {"s": "\ud800"}),
+    ],
+)  # fmt: skip
+async def test_crafted_cursors_are_422(
+    client: httpx.AsyncClient, url: str, position: dict[str, str]
+) -> None:
+    cursor = base64.urlsafe_b64encode(json.dumps(position).encode()).decode().rstrip("=")
+    params = {
+        "cursor": cursor,
+        "as_of": "2026-01-01T00:00:00Z",
+        "target": OPTIONAL[0],
+        "purpose": OPTIONAL[1],
+    }
+    response = await client.get(url, params=params, headers=AUDITOR)
+    assert response.status_code == 422, response.text
