@@ -30,6 +30,8 @@ from app.core.signing import load_signing_secret
 from app.health import router as health_router
 from app.permissions.router import router as permissions_router
 from app.policies.router import router as policies_router
+from app.requests.router import router as requests_router
+from app.requests.router import subject_router as subject_requests_router
 from app.subjects.router import router as subjects_router
 
 logger = logging.getLogger("consent_ledger")
@@ -135,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         policies_router,
         permissions_router,
         audit_router,
+        subject_requests_router,
+        requests_router,
     ):
         app.include_router(router)
     return app

@@ -1,5 +1,6 @@
 """Settings, read from the environment (prefix ``CONSENT_LEDGER_``) or a ``.env`` file."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -38,6 +39,17 @@ DEFAULT_CHILD_AGES: dict[str, int] = {
     **dict.fromkeys(("BE", "DK", "EE", "FI", "LV", "MT", "PT", "SE"), 13),
     **dict.fromkeys(("AT", "BG", "CY", "ES", "IT", "LT"), 14),
     **dict.fromkeys(("CZ", "FR", "GR", "SI"), 15),
+}
+
+EU_MEMBERS = frozenset(
+    {
+        "AT", "BE", "BG", "CY", "CZ", "DE", "DK", "EE", "ES", "FI", "FR", "GR", "HR", "HU",
+        "IE", "IT", "LT", "LU", "LV", "MT", "NL", "PL", "PT", "RO", "SE", "SI", "SK",
+    }
+)  # fmt: skip
+DEFAULT_REQUEST_DEADLINES: dict[str, dict[str, str]] = {
+    "default": {"due": "30d", "max_extension": "0d"},  # the policy: within thirty days
+    "EU": {"due": "1m", "max_extension": "2m"},  # GDPR art. 12(3)
 }
 
 MIN_SECRET_LENGTH = 32
@@ -114,6 +126,11 @@ class Settings(BaseSettings):
         le=7 * 24 * 3600,
         description="How often a signed checkpoint of the ledger is written; 0: only on demand.",
     )
+    request_deadlines: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: dict(DEFAULT_REQUEST_DEADLINES),
+        description='Jurisdiction -> {"due": "30d" or "1m", "max_extension": "0d" or "2m"} for '
+        'data-subject requests; entries override the defaults; "default" for the rest.',
+    )
     public_docs: bool = Field(
         default=True,
         description="Serve /docs, /redoc and /openapi.json without a credential. When false, the "
@@ -139,6 +156,19 @@ class Settings(BaseSettings):
             if not 0 <= age <= 21:
                 raise ValueError(f"{jurisdiction}: {age} is not an age between 0 and 21")
         return DEFAULT_CHILD_AGES | value  # overrides; the other defaults stay
+
+    @field_validator("request_deadlines")
+    @classmethod
+    def _request_deadlines(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for jurisdiction, rule in value.items():
+            if set(rule) != {"due", "max_extension"} or not all(
+                re.fullmatch(r"[0-9]+[dm]", period) for period in rule.values()
+            ):
+                raise ValueError(
+                    f'{jurisdiction}: give {{"due": "30d", "max_extension": "0d"}} '
+                    "(periods in days d or calendar months m)"
+                )
+        return DEFAULT_REQUEST_DEADLINES | value
 
     def child_age(self, jurisdiction: str) -> int:
         return self.child_ages.get(jurisdiction, self.child_age_default)

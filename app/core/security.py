@@ -48,6 +48,9 @@ class Scope(StrEnum):
     POLICIES_WRITE = "policies:write"
     AUDIT_READ = "audit:read"
     AUDIT_CHECKPOINT = "audit:checkpoint"
+    REQUESTS_CREATE = "requests:create"
+    REQUESTS_READ = "requests:read"
+    REQUESTS_MANAGE = "requests:manage"
     KEYS_MANAGE = "keys:manage"
 
 
@@ -55,7 +58,13 @@ Role = Literal["app", "auditor", "officer", "admin"]
 ROLES: tuple[Role, ...] = get_args(Role)
 
 _AUDITOR = frozenset(
-    {Scope.CATALOGUE_READ, Scope.SUBJECTS_READ, Scope.CONSENTS_READ, Scope.AUDIT_READ}
+    {
+        Scope.CATALOGUE_READ,
+        Scope.SUBJECTS_READ,
+        Scope.CONSENTS_READ,
+        Scope.AUDIT_READ,
+        Scope.REQUESTS_READ,
+    }
 )
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
     "app": frozenset(
@@ -72,12 +81,26 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
         }
     ),
     "auditor": _AUDITOR,
-    "officer": _AUDITOR | {Scope.SUBJECTS_WRITE, Scope.POLICIES_WRITE, Scope.AUDIT_CHECKPOINT},
+    "officer": _AUDITOR
+    | {
+        Scope.SUBJECTS_WRITE,
+        Scope.POLICIES_WRITE,
+        Scope.AUDIT_CHECKPOINT,
+        Scope.REQUESTS_CREATE,
+        Scope.REQUESTS_MANAGE,
+    },
     "admin": frozenset(Scope),
 }
 # What a subject token may do, and only to its own subject.
 SUBJECT_TOKEN_SCOPES = frozenset(
-    {Scope.CATALOGUE_READ, Scope.SUBJECTS_READ, Scope.CONSENTS_READ, Scope.CONSENTS_WRITE}
+    {
+        Scope.CATALOGUE_READ,
+        Scope.SUBJECTS_READ,
+        Scope.CONSENTS_READ,
+        Scope.CONSENTS_WRITE,
+        Scope.REQUESTS_CREATE,
+        Scope.REQUESTS_READ,
+    }
 )
 # Scopes a subject token may use on routes that name no subject (nothing personal behind them).
 _UNBOUND_SCOPES = frozenset({Scope.CATALOGUE_READ})

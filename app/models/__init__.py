@@ -9,6 +9,7 @@ from app.models.guardian import GuardianConsent
 from app.models.idempotency import IdempotencyRecord
 from app.models.permission import PermissionObservation
 from app.models.policy import PolicyVersion
+from app.models.request import DataSubjectRequest, RequestEvent
 from app.models.subject import GENESIS_HASH, Subject
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "CheckpointHead",
     "Consent",
     "ConsentEvent",
+    "DataSubjectRequest",
     "FunctionNeed",
     "GuardianConsent",
     "IdempotencyRecord",
@@ -26,6 +28,7 @@ __all__ = [
     "PolicyVersion",
     "Purpose",
     "PurposeTarget",
+    "RequestEvent",
     "Subject",
     "Target",
     "metadata",

@@ -1,0 +1,34 @@
+"""When a data-subject request is due: 30 days after receipt by default (the policy: "we will
+respond within thirty days"); per jurisdiction in the settings, e.g. the EU's one calendar month,
+extendable by up to two more (GDPR art. 12(3))."""
+
+import calendar
+import re
+from datetime import datetime, timedelta
+
+from app.core.config import EU_MEMBERS, Settings
+
+_PERIOD = re.compile(r"^([0-9]+)([dm])$")
+
+
+def add_period(start: datetime, period: str) -> datetime:
+    """``30d`` adds days; ``1m`` adds calendar months, landing on the same day of the month or,
+    where that month is shorter, on its last day (31 January + 1m = 28 or 29 February)."""
+    match = _PERIOD.fullmatch(period)
+    if match is None:
+        raise ValueError(f"not a period: {period!r} (use e.g. 30d or 1m)")
+    amount, unit = int(match[1]), match[2]
+    if unit == "d":
+        return start + timedelta(days=amount)
+    month = start.month - 1 + amount
+    year, month = start.year + month // 12, month % 12 + 1
+    day = min(start.day, calendar.monthrange(year, month)[1])
+    return start.replace(year=year, month=month, day=day)
+
+
+def rule_for(settings: Settings, jurisdiction: str) -> tuple[str, str]:
+    """(due, longest extension) for a subject's jurisdiction; EU members follow ``EU``."""
+    rules = settings.request_deadlines
+    rule = rules.get(jurisdiction) or (rules.get("EU") if jurisdiction in EU_MEMBERS else None)
+    rule = rule or rules["default"]
+    return rule["due"], rule["max_extension"]
