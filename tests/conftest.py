@@ -29,6 +29,8 @@ from tests.factories import KEY_NAMES, KEYS, TEST_SECRET, auth
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 DATA_TABLES = (
+    "request_event",
+    "data_subject_request",
     "checkpoint_head",
     "checkpoint",
     "consent",

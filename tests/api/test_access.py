@@ -20,6 +20,12 @@ from tests.factories import KEYS, OPTIONAL, auth
 CALLERS = ("none", "bad", "revoked", "app", "auditor", "officer", "admin", "own", "other")
 STAFF_READERS = frozenset({"app", "auditor", "officer", "admin"})
 AUDITORS = frozenset({"auditor", "officer", "admin"})
+STAFF_MANAGERS = frozenset({"officer", "admin"})
+# What a subject token carries (for its own subject only).
+TOKEN_SCOPES = frozenset(
+    {"catalogue:read", "subjects:read", "consents:read", "consents:write", "requests:create",
+     "requests:read"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -34,6 +40,8 @@ class Entry:
     body: dict[str, Any] | None = None
     params: dict[str, str] = field(default_factory=dict)
     path: dict[str, str] = field(default_factory=dict)
+    # A data-subject request in this status is made afresh for each caller (its {request_id}).
+    request_in: str | None = None
 
 
 def _allowed(*callers: str) -> frozenset[str]:
@@ -126,6 +134,42 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("GET", "/v1/audit/public-key"): Entry("audit:read", AUDITORS),
     ("GET", "/v1/audit/checkpoints/{checkpoint_id}/heads"): Entry("audit:read", AUDITORS),
     ("GET", "/v1/audit/stats"): Entry("audit:read", AUDITORS),
+    ("POST", "/v1/subjects/{subject_id}/requests"): Entry(
+        "requests:create", _allowed("officer", "admin", "own"), ok=201, body={"type": "access"}
+    ),
+    ("GET", "/v1/subjects/{subject_id}/requests"): Entry("requests:read", AUDITORS | {"own"}),
+    ("GET", "/v1/requests"): Entry("requests:read", AUDITORS),
+    ("GET", "/v1/requests/{request_id}"): Entry("requests:read", AUDITORS, request_in="received"),
+    ("GET", "/v1/requests/{request_id}/events"): Entry(
+        "requests:read", AUDITORS, request_in="received"
+    ),
+    ("POST", "/v1/requests/{request_id}/identity-verification"): Entry(
+        "requests:manage",
+        STAFF_MANAGERS,
+        body={"method": "account_login", "verified_by": "dpo"},
+        request_in="received",
+    ),
+    ("POST", "/v1/requests/{request_id}/start"): Entry(
+        "requests:manage", STAFF_MANAGERS, request_in="identity_verified"
+    ),
+    ("POST", "/v1/requests/{request_id}/completion"): Entry(
+        "requests:manage", STAFF_MANAGERS, body={"resolution": "Sent."}, request_in="in_progress"
+    ),
+    ("POST", "/v1/requests/{request_id}/refusal"): Entry(
+        "requests:manage",
+        STAFF_MANAGERS,
+        body={"ground": "trade_secrets", "reason": "It would reveal the scoring model."},
+        request_in="received",
+    ),
+    ("POST", "/v1/requests/{request_id}/extension"): Entry(
+        "requests:manage",
+        STAFF_MANAGERS,
+        body={"period": "1m", "reason": "Many requests this month."},
+        request_in="received",
+    ),
+    ("POST", "/v1/requests/{request_id}/cancellation"): Entry(
+        "requests:manage", STAFF_MANAGERS, body={}, request_in="received"
+    ),
     ("GET", "/v1/keys"): Entry("keys:manage", _allowed("admin")),
     ("POST", "/v1/keys"): Entry("keys:manage", _allowed("admin"), ok=201, body={"role": "auditor"}),
     ("POST", "/v1/keys/{name}/revocation"): Entry("keys:manage", _allowed("admin")),
@@ -188,6 +232,28 @@ async def credentials(client: httpx.AsyncClient, subject_id: str) -> dict[str, s
     }
 
 
+async def fresh_request(client: httpx.AsyncClient, status: str) -> str:
+    """A request of an EU subject of its own (so it may be extended), brought to ``status``."""
+    officer = auth(KEYS["officer"])
+    subject = f"matrix-{uuid.uuid4().hex[:8]}"
+    await client.put(f"/v1/subjects/{subject}", json={"jurisdiction": "EU"}, headers=officer)
+    created = await client.post(
+        f"/v1/subjects/{subject}/requests", json={"type": "access"}, headers=officer
+    )
+    request_id: str = created.json()["id"]
+    steps = {
+        "identity_verified": ["identity-verification"],
+        "in_progress": ["identity-verification", "start"],
+    }.get(status, [])
+    for step in steps:
+        body = {"method": "account_login", "verified_by": "dpo"} if step != "start" else None
+        response = await client.post(
+            f"/v1/requests/{request_id}/{step}", json=body, headers=officer
+        )
+        assert response.status_code == 200, response.text
+    return request_id
+
+
 @pytest.mark.parametrize(("method", "path"), sorted(MATRIX), ids=lambda v: str(v))
 async def test_access(
     anonymous: httpx.AsyncClient,
@@ -206,9 +272,11 @@ async def test_access(
         "device_id": "phone-1",
         "checkpoint_id": credentials["checkpoint_id"],
     }
-    url = path.format(**(names | entry.path))
     mismatches = []
     for caller in CALLERS:
+        if entry.request_in is not None:
+            names["request_id"] = await fresh_request(anonymous, entry.request_in)
+        url = path.format(**(names | entry.path))
         credential = credentials[caller]
         body = entry.body
         if body is not None and path == "/v1/keys":
@@ -232,6 +300,10 @@ async def test_access(
             )
         elif want in (401, 403, 404):
             assert response.headers["content-type"] == "application/problem+json"
-            if want == 403 and response.json().get("missing_scope") != entry.scope:
+            # A token that holds the scope but meets a route not bound to a subject is refused
+            # for that, not for a missing scope.
+            bound_only = caller in ("own", "other") and entry.scope in TOKEN_SCOPES
+            named = None if bound_only else entry.scope
+            if want == 403 and response.json().get("missing_scope") != named:
                 mismatches.append(f"{caller}: 403 names {response.json().get('missing_scope')}")
     assert mismatches == [], f"{method} {path}"
