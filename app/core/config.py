@@ -161,8 +161,10 @@ class Settings(BaseSettings):
     @classmethod
     def _request_deadlines(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
         for jurisdiction, rule in value.items():
+            if jurisdiction != "default" and not re.fullmatch(r"[A-Z]{2}", jurisdiction):
+                raise ValueError(f"{jurisdiction!r} is not a two-letter jurisdiction code")
             if set(rule) != {"due", "max_extension"} or not all(
-                re.fullmatch(r"[0-9]+[dm]", period) for period in rule.values()
+                re.fullmatch(r"[0-9]{1,3}[dm]", period) for period in rule.values()
             ):
                 raise ValueError(
                     f'{jurisdiction}: give {{"due": "30d", "max_extension": "0d"}} '

@@ -32,3 +32,11 @@ def rule_for(settings: Settings, jurisdiction: str) -> tuple[str, str]:
     rule = rules.get(jurisdiction) or (rules.get("EU") if jurisdiction in EU_MEMBERS else None)
     rule = rule or rules["default"]
     return rule["due"], rule["max_extension"]
+
+
+def extended_due(received: datetime, due: str, extension: str) -> datetime:
+    """The due time after an extension, counted from receipt: one month plus two more from
+    31 January ends on 30 April, not two months after a 28 February due date."""
+    if due.endswith("m") and extension.endswith("m"):
+        return add_period(received, f"{int(due[:-1]) + int(extension[:-1])}m")
+    return add_period(add_period(received, due), extension)

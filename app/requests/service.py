@@ -16,11 +16,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
-from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
+from app.core.errors import Conflict, FieldError, InvalidInput, NotFound, SubjectNotFound
 from app.core.security import Principal
 from app.core.types import utcnow
-from app.models import DataSubjectRequest, RequestEvent
-from app.requests.deadlines import add_period, rule_for
+from app.models import DataSubjectRequest, RequestEvent, Subject
+from app.requests.deadlines import add_period, extended_due, rule_for
 from app.requests.schemas import (
     CancellationInput,
     Completion,
@@ -29,7 +29,6 @@ from app.requests.schemas import (
     Refusal,
     RequestCreate,
 )
-from app.subjects.service import get_subject
 
 OPEN = ("received", "identity_verified", "in_progress")
 REPEAT_WINDOW = timedelta(days=365)
@@ -79,12 +78,17 @@ async def create_request(
     subject_id: str,
     payload: RequestCreate,
 ) -> DataSubjectRequest:
-    subject = await get_subject(session, subject_id)
+    # Locked, so that two requests opened at once cannot both miss the other one.
+    locked = select(Subject).where(Subject.id == subject_id).with_for_update()
+    subject = (await session.exec(locked)).first()
+    if subject is None:
+        raise SubjectNotFound(f"no subject {subject_id!r}")
     now = utcnow()
     earlier = await session.exec(
         select(DataSubjectRequest.id).where(
             DataSubjectRequest.subject_id == subject_id,
             DataSubjectRequest.type == payload.type,
+            DataSubjectRequest.status != "cancelled",  # one opened by mistake does not count
             col(DataSubjectRequest.received_at) > now - REPEAT_WINDOW,
         )
     )
@@ -238,10 +242,14 @@ async def extend(
     before = _require(request, OPEN, "extend")
     if request.extension_reason is not None:
         raise InvalidTransition("this request was extended already; it can be extended once")
-    _, longest = rule_for(settings, request.jurisdiction)
-    original_due = request.due_at
-    new_due = add_period(original_due, payload.period)
-    if new_due > add_period(original_due, longest):
+    if request.due_at < utcnow():
+        raise InvalidTransition(
+            "this request is overdue: an extension has to be decided, and told to the subject, "
+            "before the deadline passes"
+        )
+    due, longest = rule_for(settings, request.jurisdiction)
+    new_due = extended_due(request.received_at, due, payload.period)
+    if new_due > extended_due(request.received_at, due, longest):
         raise InvalidInput(
             f"in {request.jurisdiction} a request can be extended by {longest} at most",
             errors=[FieldError(loc=["body", "period"], msg="too long", type="value_error")],

@@ -1,5 +1,6 @@
 """Data-subject requests: lifecycle, deadlines (with a controllable clock) and refusal rules."""
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -165,7 +166,7 @@ async def test_eu_requests_are_due_in_a_calendar_month_extendable_by_two(
     await act(client, request["id"], "extension", expect=422, period="3m", reason="Busy.")
     await act(client, request["id"], "extension", expect=422, period="2m")  # no reason
     extended = await act(client, request["id"], "extension", period="2m", reason="Complex.")
-    assert extended["due_at"] == "2027-04-28T09:30:00.000000Z"
+    assert extended["due_at"] == "2027-04-30T09:30:00.000000Z"  # three months from receipt
     assert extended["extension_reason"] == "Complex."
     await act(client, request["id"], "extension", expect=409, period="1d", reason="Again.")
 
@@ -229,3 +230,51 @@ def test_deadline_rules_follow_the_jurisdiction() -> None:
     assert rule_for(settings, "CN") == ("15d", "15d")
     assert rule_for(settings, "DE") == ("1m", "2m")  # an EU member follows EU
     assert rule_for(settings, "US") == ("30d", "0d")
+
+
+async def test_an_overdue_request_can_no_longer_be_extended(
+    client: httpx.AsyncClient, subject_id: str, clock: Clock
+) -> None:
+    await subject(client, subject_id, jurisdiction="DE")
+    clock.now = datetime.now(UTC) - timedelta(days=40)
+    request = await open_request(client, subject_id)
+    clock.now = datetime.now(UTC)
+    problem = await act(client, request["id"], "extension", expect=409, period="1m", reason="x")
+    assert "overdue" in problem["detail"]
+
+
+async def test_a_cancelled_request_does_not_make_the_next_one_repeated(
+    client: httpx.AsyncClient, subject_id: str
+) -> None:
+    await subject(client, subject_id)
+    mistake = await open_request(client, subject_id)
+    await act(client, mistake["id"], "cancellation", reason="Opened by mistake.")
+    assert (await open_request(client, subject_id))["repeated"] is False
+
+
+async def test_requests_opened_at_once_are_flagged_repeated_all_but_one(
+    client: httpx.AsyncClient, subject_id: str
+) -> None:
+    await subject(client, subject_id)
+    responses = await asyncio.gather(
+        *(
+            client.post(
+                f"/v1/subjects/{subject_id}/requests", json={"type": "access"}, headers=OFFICER
+            )
+            for _ in range(4)
+        )
+    )
+    assert sorted(r.json()["repeated"] for r in responses) == [False, True, True, True]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"de": {"due": "30d", "max_extension": "0d"}},
+        {"CN": {"due": "120000m", "max_extension": "0d"}},
+        {"CN": {"due": "30d"}},
+    ],
+)
+def test_bad_deadline_settings_are_refused(rules: dict[str, dict[str, str]]) -> None:
+    with pytest.raises(ValueError, match="request_deadlines"):
+        Settings(request_deadlines=rules)
