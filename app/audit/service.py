@@ -1,6 +1,5 @@
 """Audit queries: the ledger across subjects, who could lawfully be processed when, and counts."""
 
-import uuid
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ from app.core.pagination import (
     clamp_limit,
     cursor_instant,
     cursor_text,
+    cursor_uuid,
     decode_cursor,
     encode_cursor,
 )
@@ -46,11 +46,7 @@ async def list_events(
     statement = select(ConsentEvent).where(*filters.conditions())
     if cursor is not None:
         position = decode_cursor(cursor, expect={"t": str, "id": str})
-        at = cursor_instant(position["t"])
-        try:
-            after = uuid.UUID(position["id"])
-        except ValueError:
-            raise InvalidInput("cursor is not one this service issued") from None
+        at, after = cursor_instant(position["t"]), cursor_uuid(position["id"])
         if order == "oldest":
             statement = statement.where(or_(recorded > at, and_(recorded == at, ident > after)))
         else:

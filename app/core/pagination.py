@@ -4,6 +4,7 @@ import base64
 import binascii
 import json
 import re
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
@@ -35,6 +36,14 @@ def cursor_instant(value: str) -> datetime:
         raise InvalidInput(
             "cursor is not one this service issued; pass next_cursor from the previous page"
         ) from None
+
+
+def cursor_uuid(value: str) -> uuid.UUID:
+    """An id inside a cursor; a 422 unless it is one."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidInput("cursor is not one this service issued") from None
 
 
 def cursor_text(value: str) -> str:

@@ -7,7 +7,14 @@ from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep, WriteSessionDep
 from app.core.errors import InvalidInput, SubjectNotFound, problem_responses
 from app.core.idempotency import WritesDep
-from app.core.pagination import CursorQuery, LimitQuery, clamp_limit, decode_cursor, encode_cursor
+from app.core.pagination import (
+    CursorQuery,
+    LimitQuery,
+    clamp_limit,
+    cursor_uuid,
+    decode_cursor,
+    encode_cursor,
+)
 from app.core.schemas import SubjectId, SubjectIdPath
 from app.core.security import Principal, Scope, requires
 from app.core.types import utcnow
@@ -53,12 +60,7 @@ def _page(rows: list[DataSubjectRequest], size: int) -> RequestList:
 
 
 def _after(cursor: str | None) -> uuid.UUID | None:
-    if cursor is None:
-        return None
-    try:
-        return uuid.UUID(decode_cursor(cursor, expect={"id": str})["id"])
-    except ValueError:
-        raise InvalidInput("cursor is not one this service issued") from None
+    return cursor_uuid(decode_cursor(cursor, expect={"id": str})["id"]) if cursor else None
 
 
 @subject_router.post(
