@@ -390,6 +390,29 @@ def _redacted(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def cmd_worker(args: argparse.Namespace) -> None:
+    """Deliver webhooks until SIGTERM or SIGINT, then finish the round under way and exit."""
+    import signal
+
+    from app.webhooks.delivery import run_worker
+
+    settings = _settings()
+    _ready_database(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            f"Delivering webhooks from {_redacted(settings.database_url)}; stop with Ctrl-C",
+            flush=True,
+        )
+        await run_worker(settings, stop)
+
+    asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="consent-ledger",
@@ -444,6 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("--json", action="store_true", help="print the full report as JSON")
     verify.set_defaults(handler=cmd_verify)
+
+    worker = commands.add_parser(
+        "worker",
+        help="deliver webhooks in a process of its own (with CONSENT_LEDGER_WEBHOOK_WORKER=off "
+        "on the servers, or beside them: workers never deliver one message at once)",
+    )
+    worker.set_defaults(handler=cmd_worker)
     return parser
 
 

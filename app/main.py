@@ -28,11 +28,14 @@ from app.core.migrate import current_revision, head_revision
 from app.core.security import Principal, Scope, requires
 from app.core.signing import load_signing_secret
 from app.health import router as health_router
+from app.metrics import router as metrics_router
 from app.permissions.router import router as permissions_router
 from app.policies.router import router as policies_router
 from app.requests.router import router as requests_router
 from app.requests.router import subject_router as subject_requests_router
 from app.subjects.router import router as subjects_router
+from app.webhooks.delivery import Deliverer
+from app.webhooks.router import router as recipients_router
 
 logger = logging.getLogger("consent_ledger")
 
@@ -100,9 +103,23 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.database = database
     app.state.catalogue = catalogue
     jobs = _background_jobs(settings, database, app.state.checkpoint_key)
+    stop_delivering = asyncio.Event()
+    delivery = None
+    if settings.webhook_worker == "in-process":
+        deliverer = Deliverer(settings, database)
+        delivery = asyncio.create_task(deliverer.run(stop_delivering))
     try:
         yield
     finally:
+        if delivery is not None:
+            # Let a round under way finish (a delivery takes at most the time-out); a claim
+            # left behind is taken over by another worker once its lease lapses.
+            stop_delivering.set()
+            try:
+                await asyncio.wait_for(delivery, settings.webhook_timeout_seconds + 5)
+            except TimeoutError:
+                logger.warning("webhook deliveries still under way at shutdown were left")
+            await deliverer.aclose()
         for job in jobs:
             job.cancel()
         for job in jobs:
@@ -139,6 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit_router,
         subject_requests_router,
         requests_router,
+        recipients_router,
+        metrics_router,
     ):
         app.include_router(router)
     return app

@@ -29,6 +29,9 @@ from tests.factories import KEY_NAMES, KEYS, TEST_SECRET, auth
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite", "postgresql"] if PG_URL else ["sqlite"]
 DATA_TABLES = (
+    "webhook_attempt",
+    "webhook_message",
+    "recipient",
     "request_event",
     "data_subject_request",
     "checkpoint_head",

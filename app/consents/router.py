@@ -12,7 +12,6 @@ from app.consents.service import (
     NothingToWithdraw,
     PolicyVersionSuperseded,
     SeparateConsentRequired,
-    SubjectCancelled,
 )
 from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep, WriteSessionDep
@@ -21,6 +20,7 @@ from app.core.idempotency import WritesDep
 from app.core.pagination import CursorQuery, LimitQuery, Page
 from app.core.schemas import CatalogueKey, InputInstant, SubjectIdPath
 from app.core.security import Principal, Scope, requires
+from app.subjects.service import SubjectCancelled
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"])
 

@@ -20,7 +20,13 @@ from app.core.types import utcnow, uuid7
 from app.models import Consent, ConsentEvent, Subject
 from app.policies.service import load_policies
 from app.subjects.age import is_child
-from app.subjects.service import get_subject, latest_guardian, lock_subject
+from app.subjects.service import (
+    get_subject,
+    latest_guardian,
+    lock_subject,
+    refuse_if_cancelled,
+)
+from app.webhooks.outbox import announce_events
 
 
 class NotConsentBased(Conflict):
@@ -31,11 +37,6 @@ class NotConsentBased(Conflict):
 class NothingToWithdraw(Conflict):
     slug = "nothing-to-withdraw"
     title = "No consent to withdraw"
-
-
-class SubjectCancelled(Conflict):
-    slug = "subject-cancelled"
-    title = "Account cancelled"
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ async def record_events(
 ) -> datetime:
     """Append one event per spec to the subject's chain and move the current state with it.
 
+    Withdrawals and revocations are announced to the recipients relying on them (the outbox).
     The caller holds the subject's lock (``lock_subject``) and owns the transaction. Returns the
     instant recorded: one for the whole call, never earlier than the subject's last event, so the
     ledger's time order agrees with its sequence even if two workers' clocks disagree.
@@ -177,6 +179,7 @@ async def record_events(
         events.append(event)
     session.add_all(events)
     await session.flush()  # events first: the consent rows refer to them
+    await announce_events(session, events)  # the outbox commits or rolls back with them
 
     for event in events:
         key = (event.target_key, event.purpose_key)
@@ -290,10 +293,7 @@ async def apply_changes(
     policy_version = await _policy_version_for(session, context, changes, policies)
 
     subject = await lock_subject(session, subject_id)
-    if subject.status == "cancelled":
-        raise SubjectCancelled(
-            f"subject {subject_id!r} cancelled the account; consents cannot change"
-        )
+    refuse_if_cancelled(subject, "consents cannot change")
     child = is_child(subject, settings, utcnow())
     guardian = await latest_guardian(session, subject_id) if child else None
     grants = [c for c in changes if c.state == "given"]

@@ -131,6 +131,36 @@ class Settings(BaseSettings):
         description='Jurisdiction -> {"due": "30d" or "1m", "max_extension": "0d" or "2m"} for '
         'data-subject requests; entries override the defaults; "default" for the rest.',
     )
+    webhook_worker: Literal["in-process", "off"] = Field(
+        default="in-process",
+        description="Deliver webhooks from each server worker (in-process), or leave it to "
+        "`consent-ledger worker` processes (off). Either way no message is delivered by two "
+        "workers at once.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10, gt=0, le=60, description="How long a receiver has to answer one delivery."
+    )
+    webhook_retry_seconds: float = Field(
+        default=5, gt=0, le=3600, description="The first retry's delay; each next one doubles."
+    )
+    webhook_retry_max_delay_seconds: float = Field(
+        default=6 * 3600, gt=0, le=24 * 3600, description="No retry waits longer than this."
+    )
+    webhook_give_up_seconds: float = Field(
+        default=3 * 24 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="A message still undelivered this long after it was written (or replayed) "
+        "is marked failed.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1, gt=0, le=60, description="How often a delivery worker looks for due messages."
+    )
+    webhook_allow_http: bool = Field(
+        default=False,
+        description="Accept plain-http webhook URLs to hosts other than loopback (not advised: "
+        "the body names subjects).",
+    )
     public_docs: bool = Field(
         default=True,
         description="Serve /docs, /redoc and /openapi.json without a credential. When false, the "

@@ -39,6 +39,8 @@ class Scope(StrEnum):
     CATALOGUE_READ = "catalogue:read"
     SUBJECTS_READ = "subjects:read"
     SUBJECTS_WRITE = "subjects:write"
+    SUBJECTS_CANCEL = "subjects:cancel"
+    SUBJECTS_EXPORT = "subjects:export"
     CONSENTS_READ = "consents:read"
     CONSENTS_WRITE = "consents:write"
     CHECKS_RUN = "checks:run"
@@ -51,6 +53,9 @@ class Scope(StrEnum):
     REQUESTS_CREATE = "requests:create"
     REQUESTS_READ = "requests:read"
     REQUESTS_MANAGE = "requests:manage"
+    RECIPIENTS_READ = "recipients:read"
+    RECIPIENTS_MANAGE = "recipients:manage"
+    METRICS_READ = "metrics:read"
     KEYS_MANAGE = "keys:manage"
 
 
@@ -64,6 +69,8 @@ _AUDITOR = frozenset(
         Scope.CONSENTS_READ,
         Scope.AUDIT_READ,
         Scope.REQUESTS_READ,
+        Scope.RECIPIENTS_READ,
+        Scope.METRICS_READ,
     }
 )
 ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
@@ -72,6 +79,8 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
             Scope.CATALOGUE_READ,
             Scope.SUBJECTS_READ,
             Scope.SUBJECTS_WRITE,
+            Scope.SUBJECTS_CANCEL,
+            Scope.SUBJECTS_EXPORT,
             Scope.CONSENTS_READ,
             Scope.CONSENTS_WRITE,
             Scope.CHECKS_RUN,
@@ -84,10 +93,13 @@ ROLE_SCOPES: dict[Role, frozenset[Scope]] = {
     "officer": _AUDITOR
     | {
         Scope.SUBJECTS_WRITE,
+        Scope.SUBJECTS_CANCEL,
+        Scope.SUBJECTS_EXPORT,
         Scope.POLICIES_WRITE,
         Scope.AUDIT_CHECKPOINT,
         Scope.REQUESTS_CREATE,
         Scope.REQUESTS_MANAGE,
+        Scope.RECIPIENTS_MANAGE,
     },
     "admin": frozenset(Scope),
 }
@@ -96,6 +108,8 @@ SUBJECT_TOKEN_SCOPES = frozenset(
     {
         Scope.CATALOGUE_READ,
         Scope.SUBJECTS_READ,
+        Scope.SUBJECTS_CANCEL,
+        Scope.SUBJECTS_EXPORT,
         Scope.CONSENTS_READ,
         Scope.CONSENTS_WRITE,
         Scope.REQUESTS_CREATE,

@@ -9,6 +9,7 @@ from app.models.guardian import GuardianConsent
 from app.models.idempotency import IdempotencyRecord
 from app.models.permission import PermissionObservation
 from app.models.policy import PolicyVersion
+from app.models.recipient import Recipient, WebhookAttempt, WebhookMessage
 from app.models.request import DataSubjectRequest, RequestEvent
 from app.models.subject import GENESIS_HASH, Subject
 
@@ -28,8 +29,11 @@ __all__ = [
     "PolicyVersion",
     "Purpose",
     "PurposeTarget",
+    "Recipient",
     "RequestEvent",
     "Subject",
     "Target",
+    "WebhookAttempt",
+    "WebhookMessage",
     "metadata",
 ]

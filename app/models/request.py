@@ -36,6 +36,8 @@ class DataSubjectRequest(SQLModel, table=True):
     refusal_ground: str | None = Field(default=None, max_length=40)
     refusal_reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     closed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # A completed access request: the export the subject was given, as it was then.
+    export: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 class RequestEvent(SQLModel, table=True):

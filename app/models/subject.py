@@ -24,6 +24,9 @@ class Subject(SQLModel, table=True):
     # When the first verified guardian's consent was recorded (see guardian_consent).
     guardian_verified_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     status: str = Field(default="active", max_length=16)  # "active" | "cancelled"
+    cancelled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # When the attributes and OS observations were last erased (deletion, cancellation).
+    erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

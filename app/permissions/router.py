@@ -15,6 +15,7 @@ from app.permissions.schemas import (
     PermissionObservationPublic,
     PermissionObservationPut,
 )
+from app.subjects.service import SubjectCancelled
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}/devices/{device_id}", tags=["permissions"])
 
@@ -31,7 +32,7 @@ def _public(row: PermissionObservation) -> PermissionObservationPublic:
     "/permissions/{target}",
     operation_id="permissions-observe",
     response_model=PermissionObservationPublic,
-    responses=problem_responses(InvalidInput),
+    responses=problem_responses(InvalidInput, SubjectCancelled),
 )
 async def observe_permission(
     subject_id: SubjectIdPath,

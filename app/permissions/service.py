@@ -11,7 +11,7 @@ from app.core.errors import FieldError, InvalidInput
 from app.core.types import utcnow
 from app.models import PermissionObservation
 from app.permissions.schemas import NATIVE_VALUES, PermissionObservationPut
-from app.subjects.service import get_subject, lock_subject
+from app.subjects.service import get_subject, lock_subject, refuse_if_cancelled
 
 CLOCK_TOLERANCE = timedelta(minutes=5)
 
@@ -67,7 +67,8 @@ async def record_observation(
     payload: PermissionObservationPut,
 ) -> PermissionObservation:
     """Keep the newest observation; an older one arriving late changes nothing."""
-    await lock_subject(session, subject_id)
+    subject = await lock_subject(session, subject_id)
+    refuse_if_cancelled(subject, "no OS observation is recorded for it")
     now = utcnow()
     observed_at = payload.observed_at or now
     row = await session.get(PermissionObservation, (subject_id, device_id, target))

@@ -7,8 +7,14 @@ import re
 from datetime import datetime, timedelta
 
 from app.core.config import EU_MEMBERS, Settings
+from app.models import DataSubjectRequest
 
 _PERIOD = re.compile(r"^([0-9]+)([dm])$")
+OPEN = ("received", "identity_verified", "in_progress")
+
+
+def is_overdue(request: DataSubjectRequest, now: datetime) -> bool:
+    return request.status in OPEN and request.due_at < now
 
 
 def add_period(start: datetime, period: str) -> datetime:

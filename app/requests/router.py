@@ -1,11 +1,11 @@
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep, WriteSessionDep
-from app.core.errors import InvalidInput, SubjectNotFound, problem_responses
+from app.core.errors import InvalidInput, NotFound, SubjectNotFound, problem_responses
 from app.core.idempotency import WritesDep
 from app.core.pagination import (
     CursorQuery,
@@ -20,6 +20,7 @@ from app.core.security import Principal, Scope, requires
 from app.core.types import utcnow
 from app.models import DataSubjectRequest
 from app.requests import service
+from app.requests.deadlines import is_overdue
 from app.requests.schemas import (
     CancellationInput,
     Completion,
@@ -35,6 +36,7 @@ from app.requests.schemas import (
     Status,
 )
 from app.requests.service import InvalidTransition, RequestNotFound
+from app.subjects.schemas import SubjectExport
 from app.subjects.service import get_subject
 
 subject_router = APIRouter(prefix="/v1/subjects/{subject_id}/requests", tags=["requests"])
@@ -48,7 +50,11 @@ ACTION_ERRORS = problem_responses(RequestNotFound, InvalidTransition, InvalidInp
 
 def request_public(request: DataSubjectRequest) -> RequestPublic:
     return RequestPublic.model_validate(
-        {**request.model_dump(), "overdue": service.is_overdue(request, utcnow())}
+        {
+            **request.model_dump(exclude={"export"}),
+            "overdue": is_overdue(request, utcnow()),
+            "export_attached": request.export is not None,
+        }
     )
 
 
@@ -214,14 +220,24 @@ async def start_request(
 async def complete_request(
     request_id: uuid.UUID,
     payload: Completion,
+    app_request: Request,
+    settings: SettingsDep,
     session: WriteSessionDep,
     writes: WritesDep,
     principal: ManageRequests,
 ) -> Response:
-    """Close the request with what was done (and, for a repeated one, the fee decision)."""
+    """Close the request with what was done (and, for a repeated one, the fee decision).
+
+    Completing an `access` request attaches the subject's export (`GET /v1/requests/{id}/export`);
+    a `deletion` request withdraws every consent, erases the subject's attributes and OS
+    observations and tells recipients to delete; an `account_cancellation` request does that and
+    cancels the account, all in the same transaction."""
 
     async def work() -> tuple[int, RequestPublic]:
-        return 200, request_public(await service.complete(session, principal, request_id, payload))
+        request = await service.complete(
+            session, settings, app_request.app.state.catalogue, principal, request_id, payload
+        )
+        return 200, request_public(request)
 
     return await writes.run(payload, work)
 
@@ -289,3 +305,26 @@ async def cancel_request(
         return 200, request_public(await service.cancel(session, principal, request_id, payload))
 
     return await writes.run(payload, work)
+
+
+class NoExport(NotFound):
+    slug = "no-export"
+    title = "No export attached"
+
+
+@router.get(
+    "/{request_id}/export",
+    operation_id="requests-get-export",
+    response_model=SubjectExport,
+    responses=problem_responses(RequestNotFound, NoExport),
+)
+async def get_request_export(
+    request_id: uuid.UUID, session: ReadSessionDep, _principal: ReadRequests
+) -> SubjectExport:
+    """The export attached when this access request was completed, as the subject was given
+    it then (a later `GET /v1/subjects/{subject_id}/export` shows the present)."""
+    async with session.begin():
+        request = await service.get_request(session, request_id)
+    if request.export is None:
+        raise NoExport(f"request {request_id} has no export: only a completed access request has")
+    return SubjectExport.model_validate(request.export)

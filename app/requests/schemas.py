@@ -117,6 +117,9 @@ class RequestPublic(BaseModel):
     refusal_ground: str | None
     refusal_reason: str | None
     closed_at: Instant | None
+    export_attached: bool = Field(
+        default=False, description="A completed access request: GET /v1/requests/{id}/export."
+    )
 
 
 class RequestList(BaseModel):

@@ -9,18 +9,19 @@ Extension (once, with a reason, within the jurisdiction's limit) while the reque
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.catalogue.loader import Catalogue
 from app.core.config import Settings
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound, SubjectNotFound
 from app.core.security import Principal
 from app.core.types import utcnow
 from app.models import DataSubjectRequest, RequestEvent, Subject
-from app.requests.deadlines import add_period, extended_due, rule_for
+from app.requests.deadlines import OPEN, add_period, extended_due, rule_for
 from app.requests.schemas import (
     CancellationInput,
     Completion,
@@ -29,8 +30,10 @@ from app.requests.schemas import (
     Refusal,
     RequestCreate,
 )
+from app.subjects.erasure import erase_subject
+from app.subjects.export import export_subject
+from app.subjects.service import get_subject
 
-OPEN = ("received", "identity_verified", "in_progress")
 REPEAT_WINDOW = timedelta(days=365)
 
 
@@ -42,10 +45,6 @@ class RequestNotFound(NotFound):
 class InvalidTransition(Conflict):
     slug = "invalid-request-transition"
     title = "Not possible in the request's current status"
-
-
-def is_overdue(request: DataSubjectRequest, now: datetime) -> bool:
-    return request.status in OPEN and request.due_at < now
 
 
 async def _log(
@@ -198,8 +197,17 @@ async def start(
 
 
 async def complete(
-    session: AsyncSession, principal: Principal, request_id: uuid.UUID, payload: Completion
+    session: AsyncSession,
+    settings: Settings,
+    catalogue: Catalogue,
+    principal: Principal,
+    request_id: uuid.UUID,
+    payload: Completion,
 ) -> DataSubjectRequest:
+    """Close the request with what was done. Some types do it here, in the same transaction:
+    an access request gets the subject's export attached; a deletion request withdraws every
+    consent, erases attributes and OS observations and tells recipients to delete; an account
+    cancellation request does that and cancels the account."""
     request = await get_request(session, request_id, lock=True)
     before = _require(request, ("in_progress",), "complete")
     if request.repeated and payload.fee is None:
@@ -213,10 +221,60 @@ async def complete(
             "a fee applies only to repeated requests",
             errors=[FieldError(loc=["body", "fee"], msg="not repeated", type="value_error")],
         )
+    done: dict[str, Any] = {}
+    if request.type == "access":
+        export = await export_subject(session, catalogue, settings, request.subject_id)
+        request.export = export.model_dump(mode="json")
+        done["export_events"] = len(export.events)
+    elif request.type in ("deletion", "account_cancellation"):
+        cancel = request.type == "account_cancellation"
+        subject = await get_subject(session, request.subject_id)
+        if subject.status != "cancelled":  # a cancellation has erased everything already
+            erasure = await erase_subject(
+                session,
+                catalogue,
+                principal,
+                request.subject_id,
+                reason=f"{request.type.replace('_', ' ')} request {request.id}",
+                source="data_subject_request",
+                request_id=str(request.id),
+                cancel=cancel,
+            )
+            done |= {
+                "consents_withdrawn": erasure.withdrawn,
+                "observations_erased": erasure.observations,
+                "recipients_notified": erasure.notified,
+            }
     request.status, request.resolution, request.fee = "completed", payload.resolution, payload.fee
     request.closed_at = utcnow()
-    await _log(session, request, principal, "completed", before, fee=payload.fee)
+    await _log(session, request, principal, "completed", before, fee=payload.fee, **done)
     return request
+
+
+SYSTEM = Principal(actor="system", name="consent-ledger", scopes=frozenset())
+
+
+async def open_child_deletion(
+    session: AsyncSession, settings: Settings, subject: Subject, revoked: int
+) -> DataSubjectRequest | None:
+    """A subject found to be a child had consents no guardian backs (now revoked): open a
+    deletion request for the officer ("we will try to delete the relevant data as soon as
+    possible"), unless one is open already."""
+    statement = select(DataSubjectRequest.id).where(
+        DataSubjectRequest.subject_id == subject.id,
+        DataSubjectRequest.type == "deletion",
+        col(DataSubjectRequest.status).in_(OPEN),
+    )
+    if (await session.exec(statement)).first() is not None:
+        return None
+    payload = RequestCreate(
+        type="deletion",
+        deletion_circumstance="no_consent",
+        details=f"Opened automatically: the subject is a child in {subject.jurisdiction} and "
+        f"{revoked} consent(s) without a verified guardian's consent were revoked; delete what "
+        "was collected under them.",
+    )
+    return await create_request(session, settings, SYSTEM, subject.id, payload)
 
 
 async def refuse(

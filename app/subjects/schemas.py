@@ -11,7 +11,10 @@ from pydantic import (
     model_validator,
 )
 
+from app.consents.schemas import ConsentPublic, EventPublic
 from app.core.schemas import NO_CONTROL_CHARACTERS, InputInstant, Instant
+from app.permissions.schemas import PermissionObservationPublic
+from app.requests.schemas import RequestEventPublic, RequestPublic
 
 
 class SubjectPut(BaseModel):
@@ -64,6 +67,10 @@ class SubjectPublic(BaseModel):
     child: bool = Field(description="Under the child age of the jurisdiction, now.")
     guardian_verified_at: Instant | None
     status: Literal["active", "cancelled"]
+    cancelled_at: Instant | None
+    erased_at: Instant | None = Field(
+        description="When the attributes and OS observations were last erased."
+    )
     created_at: Instant
     updated_at: Instant
 
@@ -106,3 +113,43 @@ class GuardianConsentPublic(BaseModel):
 class GuardianConsentList(BaseModel):
     items: list[GuardianConsentPublic]
     next_cursor: None = None
+
+
+class CancellationCreate(BaseModel):
+    """``POST /v1/subjects/{subject_id}/cancellation``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: (
+        Annotated[
+            str, StringConstraints(min_length=1, max_length=1000, pattern=NO_CONTROL_CHARACTERS)
+        ]
+        | None
+    ) = Field(default=None, description="Kept with each withdrawal in the ledger.")
+
+
+class ErasurePublic(BaseModel):
+    subject: SubjectPublic
+    consents_withdrawn: int
+    observations_erased: int
+    recipients_notified: int = Field(
+        description="Recipients told to delete (besides the withdrawal notices of what they "
+        "rely on)."
+    )
+
+
+class ExportedRequest(RequestPublic):
+    events: list[RequestEventPublic]
+
+
+class SubjectExport(BaseModel):
+    """Everything held about one subject."""
+
+    subject_id: str
+    exported_at: Instant
+    subject: SubjectPublic
+    consents: list[ConsentPublic] = Field(description="Every pair, with state and decision now.")
+    events: list[EventPublic] = Field(description="The whole ledger, oldest first.")
+    permissions: list[PermissionObservationPublic]
+    guardian_consents: list[GuardianConsentPublic]
+    requests: list[ExportedRequest]

@@ -4,11 +4,21 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import upsert
-from app.core.errors import FieldError, InvalidInput, SubjectNotFound
+from app.core.errors import Conflict, FieldError, InvalidInput, SubjectNotFound
 from app.core.security import Principal
 from app.core.types import utcnow
 from app.models import GuardianConsent, Subject
 from app.subjects.schemas import GuardianConsentCreate, SubjectPut
+
+
+class SubjectCancelled(Conflict):
+    slug = "subject-cancelled"
+    title = "Account cancelled"
+
+
+def refuse_if_cancelled(subject: Subject, what: str) -> None:
+    if subject.status == "cancelled":
+        raise SubjectCancelled(f"subject {subject.id!r} cancelled the account; {what}")
 
 
 async def get_subject(session: AsyncSession, subject_id: str) -> Subject:
@@ -47,6 +57,7 @@ async def put_subject(
     """Create or update; returns the subject and whether it was created."""
     created = await session.get(Subject, subject_id) is None
     subject = await lock_subject(session, subject_id)
+    refuse_if_cancelled(subject, "its attributes cannot change")
     subject.jurisdiction = payload.jurisdiction
     subject.birth_year = payload.birth_year
     subject.birth_date = payload.birth_date
@@ -83,6 +94,7 @@ async def record_guardian(
 ) -> GuardianConsent:
     """Record a guardian's verified consent; from now on the child's changes are theirs."""
     subject = await lock_subject(session, subject_id)
+    refuse_if_cancelled(subject, "no guardian can be recorded")
     now = utcnow()
     verified_at = payload.verified_at or now
     if verified_at > now:

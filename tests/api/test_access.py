@@ -23,8 +23,8 @@ AUDITORS = frozenset({"auditor", "officer", "admin"})
 STAFF_MANAGERS = frozenset({"officer", "admin"})
 # What a subject token carries (for its own subject only).
 TOKEN_SCOPES = frozenset(
-    {"catalogue:read", "subjects:read", "consents:read", "consents:write", "requests:create",
-     "requests:read"}
+    {"catalogue:read", "subjects:read", "subjects:cancel", "subjects:export", "consents:read",
+     "consents:write", "requests:create", "requests:read"}
 )  # fmt: skip
 
 
@@ -42,6 +42,8 @@ class Entry:
     path: dict[str, str] = field(default_factory=dict)
     # A data-subject request in this status is made afresh for each caller (its {request_id}).
     request_in: str | None = None
+    # A subject (and its tokens) made afresh for each caller: the route changes it for good.
+    fresh_subject: bool = False
 
 
 def _allowed(*callers: str) -> frozenset[str]:
@@ -170,6 +172,38 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ("POST", "/v1/requests/{request_id}/cancellation"): Entry(
         "requests:manage", STAFF_MANAGERS, body={}, request_in="received"
     ),
+    ("POST", "/v1/subjects/{subject_id}/cancellation"): Entry(
+        "subjects:cancel", _allowed("app", "officer", "admin", "own"), body={}, fresh_subject=True
+    ),
+    ("GET", "/v1/subjects/{subject_id}/export"): Entry(
+        "subjects:export", _allowed("app", "officer", "admin", "own")
+    ),
+    ("GET", "/v1/requests/{request_id}/export"): Entry(
+        "requests:read", AUDITORS, request_in="completed"
+    ),
+    ("POST", "/v1/recipients"): Entry(
+        "recipients:manage",
+        STAFF_MANAGERS,
+        ok=201,
+        body={"kind": "processor", "url": "https://processor.example/hooks"},
+    ),
+    ("GET", "/v1/recipients"): Entry("recipients:read", AUDITORS),
+    ("GET", "/v1/recipients/{recipient_id}"): Entry("recipients:read", AUDITORS),
+    ("PATCH", "/v1/recipients/{recipient_id}"): Entry(
+        "recipients:manage", STAFF_MANAGERS, body={"kind": "third_party"}
+    ),
+    ("POST", "/v1/recipients/{recipient_id}/secret-rotation"): Entry(
+        "recipients:manage", STAFF_MANAGERS
+    ),
+    ("POST", "/v1/recipients/{recipient_id}/disable"): Entry("recipients:manage", STAFF_MANAGERS),
+    ("POST", "/v1/recipients/{recipient_id}/enable"): Entry("recipients:manage", STAFF_MANAGERS),
+    ("GET", "/v1/recipients/{recipient_id}/deliveries"): Entry("recipients:read", AUDITORS),
+    ("GET", "/v1/recipients/{recipient_id}/attempts"): Entry("recipients:read", AUDITORS),
+    # No such message: the callers allowed get as far as looking it up (its 404).
+    ("POST", "/v1/recipients/{recipient_id}/deliveries/{message_id}/replay"): Entry(
+        "recipients:manage", STAFF_MANAGERS, ok=404
+    ),
+    ("GET", "/metrics"): Entry("metrics:read", AUDITORS),
     ("GET", "/v1/keys"): Entry("keys:manage", _allowed("admin")),
     ("POST", "/v1/keys"): Entry("keys:manage", _allowed("admin"), ok=201, body={"role": "auditor"}),
     ("POST", "/v1/keys/{name}/revocation"): Entry("keys:manage", _allowed("admin")),
@@ -217,12 +251,17 @@ async def credentials(client: httpx.AsyncClient, subject_id: str) -> dict[str, s
     ).status_code == 201
     checkpoint = await client.post("/v1/audit/checkpoints", headers=admin)
     assert checkpoint.status_code == 201, checkpoint.text
-    tokens = {"checkpoint_id": checkpoint.json()["id"]}
-    for who, subject in (("own", subject_id), ("other", f"{subject_id}-other")):
-        response = await client.post(f"/v1/subjects/{subject}/tokens")
-        assert response.status_code == 201, response.text
-        tokens[who] = response.json()["token"]
-    assert (await client.put(f"/v1/subjects/{subject_id}", json={})).status_code in (200, 201)
+    recipient = await client.post(
+        "/v1/recipients",
+        json={"name": "matrix", "kind": "processor", "url": "https://processor.example/hooks"},
+        headers=admin,
+    )
+    assert recipient.status_code == 201, recipient.text
+    tokens = {
+        "checkpoint_id": checkpoint.json()["id"],
+        "recipient_id": recipient.json()["id"],
+        **await subject_tokens(client, subject_id),
+    }
     return {
         "none": None,
         "bad": "clk_" + "x" * 43,
@@ -230,6 +269,18 @@ async def credentials(client: httpx.AsyncClient, subject_id: str) -> dict[str, s
         **{role: KEYS[role] for role in ("app", "auditor", "officer", "admin")},
         **tokens,
     }
+
+
+async def subject_tokens(client: httpx.AsyncClient, subject_id: str) -> dict[str, str]:
+    """The subject made, a token for it ("own") and one for another subject ("other")."""
+    tokens = {}
+    for who, subject in (("own", subject_id), ("other", f"{subject_id}-other")):
+        response = await client.post(f"/v1/subjects/{subject}/tokens", headers=auth(KEYS["app"]))
+        assert response.status_code == 201, response.text
+        tokens[who] = response.json()["token"]
+    response = await client.put(f"/v1/subjects/{subject_id}", json={}, headers=auth(KEYS["app"]))
+    assert response.status_code in (200, 201), response.text
+    return tokens
 
 
 async def fresh_request(client: httpx.AsyncClient, status: str) -> str:
@@ -244,9 +295,14 @@ async def fresh_request(client: httpx.AsyncClient, status: str) -> str:
     steps = {
         "identity_verified": ["identity-verification"],
         "in_progress": ["identity-verification", "start"],
+        "completed": ["identity-verification", "start", "completion"],
     }.get(status, [])
+    bodies = {
+        "identity-verification": {"method": "account_login", "verified_by": "dpo"},
+        "completion": {"resolution": "Sent the export."},
+    }
     for step in steps:
-        body = {"method": "account_login", "verified_by": "dpo"} if step != "start" else None
+        body = bodies.get(step)
         response = await client.post(
             f"/v1/requests/{request_id}/{step}", json=body, headers=officer
         )
@@ -271,15 +327,21 @@ async def test_access(
         "version": "2022-02",
         "device_id": "phone-1",
         "checkpoint_id": credentials["checkpoint_id"],
+        "recipient_id": credentials["recipient_id"],
+        "message_id": str(uuid.uuid4()),
     }
     mismatches = []
     for caller in CALLERS:
         if entry.request_in is not None:
             names["request_id"] = await fresh_request(anonymous, entry.request_in)
-        url = path.format(**(names | entry.path))
         credential = credentials[caller]
+        if entry.fresh_subject:
+            names["subject_id"] = f"fresh-{uuid.uuid4().hex[:12]}"
+            tokens = await subject_tokens(anonymous, names["subject_id"])
+            credential = tokens.get(caller, credential)
+        url = path.format(**(names | entry.path))
         body = entry.body
-        if body is not None and path == "/v1/keys":
+        if body is not None and path in ("/v1/keys", "/v1/recipients"):
             body = body | {"name": f"k-{uuid.uuid4().hex[:8]}"}
         if body is not None and path == "/v1/policies":
             body = body | {"version": f"v-{uuid.uuid4().hex[:8]}"}

@@ -202,6 +202,13 @@ async def test_overdue_requests_are_listed(
     assert [r["id"] for r in by_status.json()["items"]] == [closed["id"]]
     paged = await client.get("/v1/requests", params={"limit": 1}, headers=AUDITOR)
     assert paged.json()["next_cursor"] is not None
+    metrics = await client.get("/metrics", headers=AUDITOR)
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert 'consent_ledger_requests_overdue{type="access"} 1\n' in metrics.text
+    assert 'consent_ledger_requests_open{type="access"} 1\n' in metrics.text
+    assert 'consent_ledger_requests_open{type="correction"} 1\n' in metrics.text
+    assert 'consent_ledger_requests_overdue{type="correction"} 0\n' in metrics.text
+    assert 'consent_ledger_requests_open{type="consent_change"} 0\n' in metrics.text
 
 
 async def test_requests_for_unknown_subjects_and_bad_ids(client: httpx.AsyncClient) -> None:

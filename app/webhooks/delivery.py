@@ -1,0 +1,218 @@
+"""Delivering the outbox: at least once, never by two workers at the same time.
+
+A worker *claims* a batch of due messages in one short transaction (PostgreSQL: ``FOR UPDATE SKIP
+LOCKED``, so workers take different rows without waiting; SQLite: the single write lock), marking
+each with its token and a lease. It then posts them, outside any transaction, and records each
+outcome only if its claim still holds. A worker that dies mid-delivery leaves its claims to lapse;
+the lease is longer than a delivery may take, so a live worker's message is never taken over, and
+a dead worker's is delivered again by the next one: nothing is lost, and a receiver that saw the
+first attempt deduplicates on ``webhook-id``.
+"""
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col, select
+from sqlmodel.sql.expression import Select
+
+from app import __version__
+from app.core.config import Settings
+from app.core.db import Database
+from app.core.types import utcnow, uuid7
+from app.models import Recipient, WebhookAttempt, WebhookMessage
+from app.webhooks.signing import sign
+
+logger = logging.getLogger("consent_ledger.webhooks")
+
+BATCH = 20
+ERROR_TEXT = 500  # characters of a receiver's answer kept with a failed attempt
+
+
+def body_of(message: WebhookMessage) -> bytes:
+    return json.dumps(message.payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def retry_delay(settings: Settings, attempts: int) -> timedelta:
+    """Exponential, doubling from the first retry's delay, capped, with ±10% jitter so that
+    messages that failed together do not all come back together."""
+    base = settings.webhook_retry_seconds * 2 ** min(attempts - 1, 40)
+    delay = min(base, settings.webhook_retry_max_delay_seconds)
+    return timedelta(seconds=delay * random.uniform(0.9, 1.1))  # noqa: S311 (not for secrecy)
+
+
+class Deliverer:
+    """One delivery worker. ``run()`` until cancelled; ``deliver_due()`` for one round."""
+
+    def __init__(
+        self, settings: Settings, database: Database, client: httpx.AsyncClient | None = None
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.token = uuid7()
+        # Longer than any delivery can take, so a live worker keeps its claim to the end.
+        self.lease = timedelta(seconds=2 * settings.webhook_timeout_seconds + 1)
+        self._client = client or httpx.AsyncClient(
+            timeout=settings.webhook_timeout_seconds,
+            follow_redirects=False,
+            headers={"user-agent": f"consent-ledger/{__version__}"},
+        )
+        self._owns_client = client is None
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; a round under way is finished first."""
+        while not stop.is_set():
+            try:
+                delivered = await self.deliver_due()
+            except Exception:
+                logger.exception("delivering webhooks failed; will retry")
+                delivered = 0
+            if delivered < BATCH:  # a full batch: there may be more waiting
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.settings.webhook_poll_seconds)
+
+    async def deliver_due(self) -> int:
+        """Claim the due messages (up to a batch), post them concurrently, record the outcomes.
+        Returns how many were attempted."""
+        claimed = await self._claim()
+        if claimed:
+            await asyncio.gather(*(self._deliver(m, r) for m, r in claimed))
+        return len(claimed)
+
+    def _due(self, now: datetime) -> Select[WebhookMessage, Recipient]:
+        return (
+            select(WebhookMessage, Recipient)
+            .join(Recipient, col(Recipient.id) == col(WebhookMessage.recipient_id))
+            .where(
+                col(WebhookMessage.status) == "pending",
+                col(WebhookMessage.next_attempt_at) <= now,
+                col(WebhookMessage.claimed_until).is_(None)
+                | (col(WebhookMessage.claimed_until) < now),
+                col(Recipient.disabled_at).is_(None),
+            )
+        )
+
+    async def _claim(self) -> list[tuple[WebhookMessage, Recipient]]:
+        now = utcnow()
+        # A look without the write lock first: idle polling must not queue behind writers.
+        async with self.database.read_sessions() as session, session.begin():
+            if (await session.exec(self._due(now).limit(1))).first() is None:
+                return []
+        async with self.database.write_sessions() as session, session.begin():
+            statement = (
+                self._due(now)
+                .order_by(col(WebhookMessage.next_attempt_at))
+                .limit(BATCH)
+                .with_for_update(of=WebhookMessage, skip_locked=True)
+            )
+            claimed = list((await session.exec(statement)).all())
+            until = now + self.lease
+            for message, _recipient in claimed:
+                message.claimed_by, message.claimed_until = self.token, until
+                session.add(message)
+        return [(m, r) for m, r in claimed]
+
+    async def _post(self, message: WebhookMessage, recipient: Recipient) -> Outcome:
+        body = body_of(message)
+        message_id, timestamp = str(message.id), int(time.time())
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(recipient.secret, message_id, timestamp, body),
+        }
+        started = time.perf_counter()
+        try:
+            response = await self._client.post(recipient.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return Outcome(None, error, _ms_since(started))
+        ms = _ms_since(started)
+        if 200 <= response.status_code < 300:
+            return Outcome(response.status_code, None, ms)
+        return Outcome(response.status_code, f"HTTP {response.status_code}: {response.text}", ms)
+
+    async def _deliver(self, message: WebhookMessage, recipient: Recipient) -> None:
+        outcome = await self._post(message, recipient)
+        now = utcnow()
+        attempts = message.attempts + 1
+        values: dict[str, object] = {
+            "attempts": attempts,
+            "claimed_by": None,
+            "claimed_until": None,
+        }
+        if outcome.delivered:
+            result = "delivered"
+            values |= {"status": "delivered", "delivered_at": now, "last_error": None}
+        else:
+            next_at = now + retry_delay(self.settings, attempts)
+            give_up = message.retry_from + timedelta(seconds=self.settings.webhook_give_up_seconds)
+            result = "failed" if next_at > give_up else "retrying"
+            values |= {
+                "status": "failed" if result == "failed" else "pending",
+                "next_attempt_at": next_at,
+                "last_error": (outcome.error or "")[:ERROR_TEXT],
+            }
+        async with self.database.write_sessions() as session, session.begin():
+            session.add(
+                WebhookAttempt(
+                    message_id=message.id,
+                    recipient_id=recipient.id,
+                    attempted_at=now,
+                    duration_ms=outcome.duration_ms,
+                    status_code=outcome.status_code,
+                    outcome=result,
+                    error=(outcome.error or "")[:ERROR_TEXT] or None,
+                )
+            )
+            moved = await session.exec(
+                update(WebhookMessage)
+                .where(
+                    col(WebhookMessage.id) == message.id,
+                    col(WebhookMessage.claimed_by) == self.token,
+                )
+                .values(**values)
+            )
+        if moved.rowcount == 0:
+            logger.warning("message %s: claim lapsed before its outcome was recorded", message.id)
+        elif result != "delivered":
+            logger.info(
+                "message %s to %s: %s (%s)", message.id, recipient.name, result, outcome.error
+            )
+
+
+def _ms_since(started: float) -> int:
+    return round((time.perf_counter() - started) * 1000)
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    """``consent-ledger worker``: deliver until ``stop`` is set."""
+    database = Database(settings)
+    deliverer = Deliverer(settings, database)
+    try:
+        await deliverer.run(stop)
+    finally:
+        await deliverer.aclose()
+        await database.dispose()

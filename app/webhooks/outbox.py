@@ -1,0 +1,125 @@
+"""Writing webhook messages: in the caller's transaction, beside the ledger change they announce,
+so a change that commits is announced and one that rolls back is not.
+
+What a recipient is told:
+- ``consent.withdrawn`` / ``consent.revoked``: stop processing for that (target, purpose), if it
+  relies on the pair;
+- ``subject.erasure_requested``: delete what you hold on the subject (a completed deletion
+  request, an account cancellation), if it relies on any pair the subject ever consented to or on
+  a purpose necessary for the contract.
+"""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.catalogue.loader import Catalogue
+from app.core.types import isoformat_z, utcnow
+from app.models import ConsentEvent, Recipient, WebhookMessage
+
+STOP_TYPES = {"withdrawn": "consent.withdrawn", "revoked": "consent.revoked"}
+ERASURE = "subject.erasure_requested"
+EVENT_TYPES = (*STOP_TYPES.values(), ERASURE)
+
+
+def relies_on(recipient: Recipient, target: str, purpose: str) -> bool:
+    return (recipient.targets is None or target in recipient.targets) and (
+        recipient.purposes is None or purpose in recipient.purposes
+    )
+
+
+async def active_recipients(session: AsyncSession) -> list[Recipient]:
+    statement = select(Recipient).where(col(Recipient.disabled_at).is_(None))
+    return list((await session.exec(statement.order_by(col(Recipient.id)))).all())
+
+
+def _message(
+    recipient: Recipient, subject_id: str, type_: str, data: dict[str, Any], now: datetime
+) -> WebhookMessage:
+    return WebhookMessage(
+        recipient_id=recipient.id,
+        subject_id=subject_id,
+        type=type_,
+        payload={"type": type_, "timestamp": isoformat_z(now), "data": data},
+        created_at=now,
+        status="pending",
+        next_attempt_at=now,
+        retry_from=now,
+    )
+
+
+async def announce_events(session: AsyncSession, events: Sequence[ConsentEvent]) -> int:
+    """One message per (withdrawal or revocation, recipient relying on its pair)."""
+    stops = [e for e in events if e.state in STOP_TYPES]
+    if not stops:
+        return 0
+    recipients = await active_recipients(session)
+    now = utcnow()
+    messages = [
+        _message(
+            recipient,
+            event.subject_id,
+            STOP_TYPES[event.state],
+            {
+                "subject_id": event.subject_id,
+                "target": event.target_key,
+                "purpose": event.purpose_key,
+                "state": event.state,
+                "previous_state": event.previous_state,
+                "event_id": str(event.id),
+                "seq": event.seq,
+                "recorded_at": isoformat_z(event.recorded_at),
+                "source": event.source,
+                # The service's own reasons only: a user's words stay in the ledger.
+                "reason": event.reason if event.actor == "system" else None,
+            },
+            now,
+        )
+        for event in stops
+        for recipient in recipients
+        if relies_on(recipient, event.target_key, event.purpose_key)
+    ]
+    session.add_all(messages)
+    await session.flush()
+    return len(messages)
+
+
+async def consented_pairs(session: AsyncSession, subject_id: str) -> set[tuple[str, str]]:
+    """Every (target, purpose) the subject ever gave: what a recipient may have received."""
+    statement = (
+        select(ConsentEvent.target_key, ConsentEvent.purpose_key)
+        .where(ConsentEvent.subject_id == subject_id, ConsentEvent.state == "given")
+        .distinct()
+    )
+    return {(t, p) for t, p in await session.exec(statement)}
+
+
+async def announce_erasure(
+    session: AsyncSession,
+    catalogue: Catalogue,
+    subject_id: str,
+    *,
+    reason: str,
+    request_id: str | None,
+) -> int:
+    """Tell every recipient that may hold data on the subject to delete it."""
+    necessary = {key for key, pair in catalogue.pairs.items() if pair.necessary}
+    pairs = (await consented_pairs(session, subject_id)) | necessary
+    now = utcnow()
+    data = {
+        "subject_id": subject_id,
+        "reason": reason,
+        "request_id": request_id,
+        "requested_at": isoformat_z(now),
+    }
+    messages = [
+        _message(recipient, subject_id, ERASURE, data, now)
+        for recipient in await active_recipients(session)
+        if any(relies_on(recipient, target, purpose) for target, purpose in pairs)
+    ]
+    session.add_all(messages)
+    await session.flush()
+    return len(messages)
