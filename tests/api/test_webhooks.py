@@ -101,6 +101,7 @@ async def test_a_withdrawal_is_announced_signed_to_the_recipients_relying_on_it(
         "event_id": withdrawn["event_id"],
         "seq": 2,
         "recorded_at": None,
+        "source": "api",
         "reason": None,
     }
     assert given["event_id"] != withdrawn["event_id"]
