@@ -31,6 +31,7 @@ class Receiver:
     fail_first: int = 0  # answer 500 to the first N attempts of each message
     status: int = 200  # what the others get
     delay: float = 0.0  # seconds before answering
+    trickle: float = 0.0  # seconds between the bytes of the answer (a receiver that stalls)
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _attempts: dict[str, int] = field(default_factory=dict)
@@ -85,6 +86,13 @@ def receiving(**options: Any) -> Iterator[Receiver]:
             if 200 <= status < 300:  # processed, whether or not the sender hears the answer
                 record.finished = time.monotonic()
             try:
+                if receiver.trickle:  # the status line and headers, a byte at a time
+                    raw = f"HTTP/1.1 {status} OK\r\ncontent-length: 2\r\n\r\nok".encode()
+                    for byte in raw:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(receiver.trickle)
+                    return
                 self.send_response(status)
                 self.send_header("content-length", "2")
                 self.end_headers()

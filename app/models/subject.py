@@ -27,6 +27,8 @@ class Subject(SQLModel, table=True):
     cancelled_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     # When the attributes and OS observations were last erased (deletion, cancellation).
     erased_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
+    # Kept when a child's age attributes are erased: until this day they are still a child.
+    child_until: date | None = None
     created_at: datetime = Field(
         default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False)
     )

@@ -319,12 +319,16 @@ class NoExport(NotFound):
     responses=problem_responses(RequestNotFound, NoExport),
 )
 async def get_request_export(
-    request_id: uuid.UUID, session: ReadSessionDep, _principal: ReadRequests
+    request_id: uuid.UUID, session: ReadSessionDep, _principal: ManageRequests
 ) -> SubjectExport:
-    """The export attached when this access request was completed, as the subject was given
-    it then (a later `GET /v1/subjects/{subject_id}/export` shows the present)."""
+    """The export attached when this access request was completed, for the officer to send: as
+    the subject was then (`GET /v1/subjects/{subject_id}/export` shows the present). It is personal
+    data, so auditors, who read requests, do not read this; an erasure of the subject removes it."""
     async with session.begin():
         request = await service.get_request(session, request_id)
     if request.export is None:
-        raise NoExport(f"request {request_id} has no export: only a completed access request has")
+        raise NoExport(
+            f"request {request_id} has no export: only a completed access request has one, "
+            "until the subject's data is erased"
+        )
     return SubjectExport.model_validate(request.export)

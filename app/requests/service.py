@@ -32,7 +32,7 @@ from app.requests.schemas import (
 )
 from app.subjects.erasure import erase_subject
 from app.subjects.export import export_subject
-from app.subjects.service import get_subject
+from app.subjects.service import lock_subject
 
 REPEAT_WINDOW = timedelta(days=365)
 
@@ -222,17 +222,20 @@ async def complete(
             errors=[FieldError(loc=["body", "fee"], msg="not repeated", type="value_error")],
         )
     done: dict[str, Any] = {}
+    # The subject's lock: no change to it can slip in between what is read here and what is
+    # done (an export that agrees with itself; no cancellation racing a deletion).
+    subject = await lock_subject(session, request.subject_id)
     if request.type == "access":
         export = await export_subject(session, catalogue, settings, request.subject_id)
         request.export = export.model_dump(mode="json")
         done["export_events"] = len(export.events)
     elif request.type in ("deletion", "account_cancellation"):
         cancel = request.type == "account_cancellation"
-        subject = await get_subject(session, request.subject_id)
         if subject.status != "cancelled":  # a cancellation has erased everything already
             erasure = await erase_subject(
                 session,
                 catalogue,
+                settings,
                 principal,
                 request.subject_id,
                 reason=f"{request.type.replace('_', ' ')} request {request.id}",

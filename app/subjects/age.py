@@ -1,7 +1,7 @@
 """Who is a child. Ages are lower bounds: when only a birth year or a stated age is known, the
 subject is taken to be as young as they could be, so no child is ever treated as an adult."""
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 
 from app.core.config import Settings
 from app.models import Subject
@@ -27,4 +27,18 @@ def minimum_age(subject: Subject, at: datetime) -> int | None:
 
 def is_child(subject: Subject, settings: Settings, at: datetime) -> bool:
     age = minimum_age(subject, at)
-    return age is not None and age < settings.child_age(subject.jurisdiction)
+    if age is None:  # nothing stated, or erased: a child's erasure leaves child_until behind
+        return subject.child_until is not None and at.astimezone(UTC).date() < subject.child_until
+    return age < settings.child_age(subject.jurisdiction)
+
+
+def child_until(subject: Subject, settings: Settings, at: datetime) -> date | None:
+    """The first day on which a subject who is a child at ``at`` is surely no longer one: what is
+    kept of a child whose age attributes are erased. (A day-by-day walk: at most 21 years of
+    days, and only on erasure.)"""
+    day = at.astimezone(UTC).date()
+    if not is_child(subject, settings, at):
+        return None
+    while is_child(subject, settings, datetime.combine(day, time(), UTC)):
+        day += timedelta(days=1)
+    return day

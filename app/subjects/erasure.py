@@ -1,27 +1,31 @@
 """Erasing a subject's data (a deletion request) and cancelling an account.
 
 Both, in the caller's transaction: every given consent is withdrawn (ledger events naming the
-actor), the subject's attributes and OS observations are erased, and every recipient that may hold
-data on the subject is told to delete it. Cancellation also closes the account for good.
+actor), the subject's attributes, OS observations and the exports attached to its access requests
+are erased, and every recipient that may hold data on the subject is told to delete it.
+Cancellation also closes the account for good. Of a child's age only the day they stop being a
+child is kept, so that an erased child is never taken for an adult.
 
-What stays is the ledger and the guardian records, under the pseudonymous subject id: they are the
-proof that what was processed before was lawful (PIPL art. 47 and GDPR art. 17(3)(e) keep such
-records out of erasure), and hold no attribute of the person.
+What stays is the ledger, the guardian records and the requests' log, under the pseudonymous
+subject id: the proof that what was processed before was lawful and that the subject's rights
+were answered (README: "Why the ledger keeps the subject id").
 """
 
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Catalogue
 from app.consents.service import EventSpec, current_consents, record_events
+from app.core.config import Settings
 from app.core.errors import SubjectNotFound
 from app.core.security import Principal
 from app.core.types import utcnow
-from app.models import PermissionObservation, Subject
+from app.models import DataSubjectRequest, PermissionObservation, Subject
+from app.subjects.age import child_until
 from app.subjects.service import SubjectCancelled, lock_subject
 from app.webhooks.outbox import announce_erasure
 
@@ -38,6 +42,7 @@ class Erasure:
 async def erase_subject(
     session: AsyncSession,
     catalogue: Catalogue,
+    settings: Settings,
     principal: Principal,
     subject_id: str,
     *,
@@ -74,7 +79,16 @@ async def erase_subject(
     removed = await session.exec(
         delete(PermissionObservation).where(col(PermissionObservation.subject_id) == subject_id)
     )
+    # Copies of the data in access requests' exports go too; the requests themselves stay, as
+    # the record of how the subject's rights were answered.
+    await session.exec(
+        update(DataSubjectRequest)
+        .where(col(DataSubjectRequest.subject_id) == subject_id)
+        .values(export=None)
+    )
     now = utcnow()
+    # A child stays a child: what is kept is the day they surely are not one any more.
+    subject.child_until = child_until(subject, settings, now)
     subject.birth_year = subject.birth_date = subject.age = subject.age_stated_at = None
     subject.erased_at = subject.updated_at = now
     if cancel:

@@ -163,6 +163,7 @@ async def cancel_account(
         erasure = await erase_subject(
             session,
             request.app.state.catalogue,
+            settings,
             principal,
             subject_id,
             reason=payload.reason or "account cancelled",

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import Select
 
 from app import __version__
@@ -71,7 +72,7 @@ class Deliverer:
         # Longer than any delivery can take, so a live worker keeps its claim to the end.
         self.lease = timedelta(seconds=2 * settings.webhook_timeout_seconds + 1)
         self._client = client or httpx.AsyncClient(
-            timeout=settings.webhook_timeout_seconds,
+            timeout=settings.webhook_timeout_seconds,  # each step; deliver_due bounds the whole
             follow_redirects=False,
             headers={"user-agent": f"consent-ledger/{__version__}"},
         )
@@ -97,8 +98,21 @@ class Deliverer:
         """Claim the due messages (up to a batch), post them concurrently, record the outcomes.
         Returns how many were attempted."""
         claimed = await self._claim()
-        if claimed:
-            await asyncio.gather(*(self._deliver(m, r) for m, r in claimed))
+        if not claimed:
+            return 0
+        # Every post of the round is over by this deadline, well inside the claim's lease,
+        # however slowly a receiver answers.
+        deadline = asyncio.get_running_loop().time() + self.settings.webhook_timeout_seconds
+        results = await asyncio.gather(
+            *(self._deliver(m, r, deadline) for m, r in claimed), return_exceptions=True
+        )
+        for (message, _recipient), result in zip(claimed, results, strict=True):
+            if isinstance(result, Exception):  # e.g. the database went away
+                logger.error(
+                    "message %s: outcome not recorded (%r); it is sent again once its claim lapses",
+                    message.id,
+                    result,
+                )
         return len(claimed)
 
     def _due(self, now: datetime) -> Select[WebhookMessage, Recipient]:
@@ -115,12 +129,14 @@ class Deliverer:
         )
 
     async def _claim(self) -> list[tuple[WebhookMessage, Recipient]]:
-        now = utcnow()
         # A look without the write lock first: idle polling must not queue behind writers.
         async with self.database.read_sessions() as session, session.begin():
-            if (await session.exec(self._due(now).limit(1))).first() is None:
+            if (await session.exec(self._due(utcnow()).limit(1))).first() is None:
                 return []
         async with self.database.write_sessions() as session, session.begin():
+            # Leases are set and compared on one clock (the database's), read once the write
+            # lock is held, so neither waiting for the lock nor another host's clock shortens one.
+            now = await _database_now(session)
             statement = (
                 self._due(now)
                 .order_by(col(WebhookMessage.next_attempt_at))
@@ -134,7 +150,9 @@ class Deliverer:
                 session.add(message)
         return [(m, r) for m, r in claimed]
 
-    async def _post(self, message: WebhookMessage, recipient: Recipient) -> Outcome:
+    async def _post(
+        self, message: WebhookMessage, recipient: Recipient, deadline: float
+    ) -> Outcome:
         body = body_of(message)
         message_id, timestamp = str(message.id), int(time.time())
         headers = {
@@ -145,17 +163,25 @@ class Deliverer:
         }
         started = time.perf_counter()
         try:
-            response = await self._client.post(recipient.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
+            async with (
+                asyncio.timeout_at(deadline),
+                # Only the status matters; the answer's body is never read nor kept.
+                self._client.stream("POST", recipient.url, content=body, headers=headers) as answer,
+            ):
+                status = answer.status_code
+        except TimeoutError:
+            timeout = self.settings.webhook_timeout_seconds
+            return Outcome(None, f"no answer within {timeout:g} s", _ms_since(started))
+        except Exception as exc:  # anything a URL, a connection or a receiver can do
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             return Outcome(None, error, _ms_since(started))
         ms = _ms_since(started)
-        if 200 <= response.status_code < 300:
-            return Outcome(response.status_code, None, ms)
-        return Outcome(response.status_code, f"HTTP {response.status_code}: {response.text}", ms)
+        return Outcome(status, None if 200 <= status < 300 else f"HTTP {status}", ms)
 
-    async def _deliver(self, message: WebhookMessage, recipient: Recipient) -> None:
-        outcome = await self._post(message, recipient)
+    async def _deliver(
+        self, message: WebhookMessage, recipient: Recipient, deadline: float
+    ) -> None:
+        outcome = await self._post(message, recipient, deadline)
         now = utcnow()
         attempts = message.attempts + 1
         values: dict[str, object] = {
@@ -201,6 +227,14 @@ class Deliverer:
             logger.info(
                 "message %s to %s: %s (%s)", message.id, recipient.name, result, outcome.error
             )
+
+
+async def _database_now(session: AsyncSession) -> datetime:
+    connection = await session.connection()  # on SQLite: BEGIN IMMEDIATE, the write lock
+    if connection.dialect.name == "postgresql":
+        now: datetime = (await connection.execute(text("SELECT clock_timestamp()"))).scalar_one()
+        return now
+    return utcnow()  # SQLite: one host, one clock
 
 
 def _ms_since(started: float) -> int:

@@ -31,9 +31,10 @@ def relies_on(recipient: Recipient, target: str, purpose: str) -> bool:
     )
 
 
-async def active_recipients(session: AsyncSession) -> list[Recipient]:
-    statement = select(Recipient).where(col(Recipient.disabled_at).is_(None))
-    return list((await session.exec(statement.order_by(col(Recipient.id)))).all())
+async def recipients(session: AsyncSession) -> list[Recipient]:
+    """All of them, disabled ones too: their messages wait until they are enabled again (a
+    processor paused for maintenance still has to be told what to stop and delete)."""
+    return list((await session.exec(select(Recipient).order_by(col(Recipient.id)))).all())
 
 
 def _message(
@@ -56,7 +57,7 @@ async def announce_events(session: AsyncSession, events: Sequence[ConsentEvent])
     stops = [e for e in events if e.state in STOP_TYPES]
     if not stops:
         return 0
-    recipients = await active_recipients(session)
+    told = await recipients(session)
     now = utcnow()
     messages = [
         _message(
@@ -73,13 +74,11 @@ async def announce_events(session: AsyncSession, events: Sequence[ConsentEvent])
                 "seq": event.seq,
                 "recorded_at": isoformat_z(event.recorded_at),
                 "source": event.source,
-                # The service's own reasons only: a user's words stay in the ledger.
-                "reason": event.reason if event.actor == "system" else None,
             },
             now,
         )
         for event in stops
-        for recipient in recipients
+        for recipient in told
         if relies_on(recipient, event.target_key, event.purpose_key)
     ]
     session.add_all(messages)
@@ -117,7 +116,7 @@ async def announce_erasure(
     }
     messages = [
         _message(recipient, subject_id, ERASURE, data, now)
-        for recipient in await active_recipients(session)
+        for recipient in await recipients(session)
         if any(relies_on(recipient, target, purpose) for target, purpose in pairs)
     ]
     session.add_all(messages)

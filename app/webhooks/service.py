@@ -18,6 +18,8 @@ from app.models import Recipient, WebhookAttempt, WebhookMessage
 from app.webhooks.schemas import RecipientCreate, RecipientUpdate
 from app.webhooks.signing import new_secret
 
+MAX_URL = 2048  # the column's size
+
 
 class RecipientNotFound(NotFound):
     slug = "recipient-not-found"
@@ -46,6 +48,8 @@ def _invalid(loc: str, message: str, type_: str = "value_error") -> InvalidInput
 def _check_url(settings: Settings, url: str) -> str:
     """https, or http to a loopback address (a receiver on the same host), or http anywhere if
     the operator allowed it. No credentials or fragments in the URL."""
+    if len(url) > MAX_URL:
+        raise _invalid("url", f"longer than {MAX_URL} characters (once percent-encoded)")
     parts = urlsplit(url)
     if parts.username or parts.password:
         raise _invalid("url", "put no credentials in the URL: messages are signed instead")
@@ -133,8 +137,9 @@ async def update_recipient(
 ) -> Recipient:
     recipient = await get_recipient(session, recipient_id, lock=True)
     fields = payload.model_fields_set
-    if ("kind" in fields and payload.kind is None) or ("url" in fields and payload.url is None):
-        raise _invalid("kind" if payload.kind is None else "url", "cannot be null")
+    for name in ("kind", "url"):
+        if name in fields and getattr(payload, name) is None:
+            raise _invalid(name, "cannot be null")
     _check_keys(catalogue, payload.purposes, payload.targets)
     if payload.kind is not None:
         recipient.kind = payload.kind

@@ -179,7 +179,7 @@ MATRIX: dict[tuple[str, str], Entry] = {
         "subjects:export", _allowed("app", "officer", "admin", "own")
     ),
     ("GET", "/v1/requests/{request_id}/export"): Entry(
-        "requests:read", AUDITORS, request_in="completed"
+        "requests:manage", STAFF_MANAGERS, request_in="completed"
     ),
     ("POST", "/v1/recipients"): Entry(
         "recipients:manage",

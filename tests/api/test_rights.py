@@ -221,6 +221,15 @@ async def test_completing_an_access_request_attaches_the_export(
     now = (await client.get(f"/v1/subjects/{subject_id}/export")).json()
     assert len(now["requests"]) == 2
     assert now["requests"][0]["export_attached"] is True
+    auditor = await client.get(f"/v1/requests/{done['id']}/export", headers=auth(KEYS["auditor"]))
+    assert auditor.status_code == 403, "personal data: for the officer who sends it"
+
+    # Erasing the subject erases the copy too.
+    assert (
+        await client.post(f"/v1/subjects/{subject_id}/cancellation", json={})
+    ).status_code == 200
+    erased = await client.get(f"/v1/requests/{done['id']}/export", headers=OFFICER)
+    assert erased.status_code == 404
 
 
 async def test_a_subject_found_to_be_a_child_gets_a_deletion_request_opened(
@@ -245,3 +254,19 @@ async def test_a_subject_found_to_be_a_child_gets_a_deletion_request_opened(
     await client.put(f"/v1/subjects/{subject_id}", json={"birth_year": 2018})
     again = await client.get(f"/v1/subjects/{subject_id}/requests", headers=OFFICER)
     assert len(again.json()["items"]) == 1
+
+    # Carried out, the deletion erases the birth year, but not the fact of being a child.
+    for step, payload in (
+        ("identity-verification", {"method": "account_login", "verified_by": "dpo"}),
+        ("start", None),
+        ("completion", {"resolution": "Deleted what was collected."}),
+    ):
+        response = await client.post(
+            f"/v1/requests/{opened['id']}/{step}", json=payload, headers=OFFICER
+        )
+        assert response.status_code == 200, response.text
+    subject = (await client.get(f"/v1/subjects/{subject_id}")).json()
+    assert subject["birth_year"] is None
+    assert subject["child"] is True, "an erased child is not taken for an adult"
+    token = (await client.post(f"/v1/subjects/{subject_id}/tokens")).json()["token"]
+    await set_consent(client, subject_id, *OPTIONAL, "given", expect=409, headers=auth(token))

@@ -3,6 +3,7 @@ loopback (signatures checked the way the README tells receivers to), retries, gi
 and workers that never deliver one message at once."""
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -102,7 +103,6 @@ async def test_a_withdrawal_is_announced_signed_to_the_recipients_relying_on_it(
         "seq": 2,
         "recorded_at": None,
         "source": "api",
-        "reason": None,
     }
     assert given["event_id"] != withdrawn["event_id"]
     [delivery] = await deliveries(client, recipient["id"])
@@ -291,6 +291,8 @@ async def test_the_in_process_worker_delivers_by_default(
         ({"url": "https://processor.example/hooks", "purposes": ["mind_reading"]}, "mind_reading"),
         ({"url": "https://processor.example/hooks", "targets": []}, "at least 1"),
         ({"url": "https://processor.example/hooks", "kind": "friend"}, "kind"),
+        ({"url": "https://processor.example/" + "a" * 2100}, "longer than 2048"),
+        ({"url": "https://processor.example/" + "é" * 500}, "longer than 2048"),
     ],
 )
 async def test_bad_recipients_are_refused(
@@ -317,18 +319,70 @@ async def test_recipients_are_named_once_disabled_and_enabled_and_rotate_secrets
         assert disabled.json()["disabled_at"] is not None
         await set_consent(client, subject_id, *OPTIONAL, "given")
         await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
-        assert await deliveries(client, recipient["id"]) == [], "disabled: not told"
+        await deliverer.deliver_due()
+        [held] = await deliveries(client, recipient["id"])
+        assert (held["status"], held["attempts"]) == ("pending", 0), "disabled: held, not lost"
+        assert receiver.received == []
 
         assert (await client.post(f"{base}/enable", headers=OFFICER)).status_code == 200
+        await until(deliverer, lambda: len(receiver.delivered_ids) == 1)
         rotated = await client.post(f"{base}/secret-rotation", headers=OFFICER)
         assert rotated.status_code == 200
         assert rotated.json()["secret"] != recipient["secret"]
         receiver.secret = rotated.json()["secret"]
         await set_consent(client, subject_id, *OPTIONAL, "given")
         await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
-        await until(deliverer, lambda: len(receiver.delivered_ids) == 1)
+        await until(deliverer, lambda: len(receiver.delivered_ids) == 2)
     assert all(r.signature_ok for r in receiver.received), "signed with the new secret"
+    nulled = await client.patch(base, json={"url": None}, headers=OFFICER)
+    assert nulled.status_code == 422
+    assert nulled.json()["errors"][0]["loc"] == ["body", "url"]
     listing = await client.get("/v1/recipients", headers=auth(KEYS["auditor"]))
     assert [r["name"] for r in listing.json()["items"]] == ["analytics-co"]
     unknown = await client.get(f"/v1/recipients/{subject_id}", headers=ADMIN)
     assert unknown.status_code == 422  # not a uuid
+
+
+async def test_a_slow_receiver_is_cut_off_and_never_gets_one_message_twice_at_once(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """The time-out bounds the whole delivery, not each read: a receiver that trickles its answer
+    cannot keep a delivery going past the claim, so no other worker starts the same message."""
+    settings = app.state.settings.model_copy(update={"webhook_timeout_seconds": 0.5})
+    workers = [Deliverer(settings, app.state.database) for _ in range(2)]
+    with receiving(trickle=0.2) as receiver:  # each read gets a byte in time; the answer, never
+        recipient = await add_recipient(client, receiver)
+        await set_consent(client, subject_id, *OPTIONAL, "given")
+        await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+        started = time.monotonic()
+        await asyncio.gather(*(w.deliver_due() for w in workers))
+        elapsed = time.monotonic() - started
+        for _ in range(3):  # retries, by either worker
+            await asyncio.sleep(0.3)
+            await asyncio.gather(*(w.deliver_due() for w in workers))
+    assert elapsed < 2, f"one round took {elapsed:.1f} s: the deadline did not hold"
+    tried = await attempts(client, recipient["id"])
+    assert len(tried) >= 2
+    assert all(a["error"] == "no answer within 0.5 s" for a in tried)
+    assert all(a["duration_ms"] < 1500 for a in tried)
+    starts = sorted(r.started for r in receiver.received)
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(gap >= 0.3 for gap in gaps), f"two attempts at once: {gaps}"
+
+
+def test_the_readme_recipe_verifies_a_signature() -> None:
+    """What a receiver copies from the README accepts our signature and nothing else."""
+    from app.webhooks.signing import new_secret, sign
+    from tests.api.test_audit import readme_block
+
+    verify = readme_block("verify-webhook")["verify"]
+    secret, body, now = new_secret(), b'{"type":"consent.withdrawn"}', int(time.time())
+    headers = {
+        "webhook-id": "01a2",
+        "webhook-timestamp": str(now),
+        "webhook-signature": "v1,bm9wZQ== " + sign(secret, "01a2", now, body),
+    }
+    assert verify(secret, headers, body)
+    assert not verify(secret, headers, body + b" ")
+    assert not verify(new_secret(), headers, body)
+    assert not verify(secret, headers | {"webhook-timestamp": str(now - 3600)}, body)

@@ -78,7 +78,7 @@ def test_workers_killed_mid_delivery_lose_nothing(database_url: str, tmp_path: P
                     assert process.poll() is None, (tmp_path / "worker.log").read_text()
                     assert time.monotonic() < deadline, "the worker delivered nothing"
                     time.sleep(0.01)
-                time.sleep(random.uniform(0, DELAY))
+                time.sleep(random.uniform(0, DELAY / 2))  # before its answer
                 with receiver.lock:
                     mid_delivery += any(not r.finished for r in receiver.received[seen:])
                 process.kill()
