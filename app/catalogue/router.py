@@ -9,7 +9,7 @@ from app.core.db import ReadSessionDep
 from app.core.security import Principal, Scope, requires
 
 
-def get_catalogue(request: Request) -> Catalogue:
+async def get_catalogue(request: Request) -> Catalogue:
     catalogue: Catalogue = request.app.state.catalogue
     return catalogue
 

@@ -222,7 +222,7 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the running application was created with."""
     settings: Settings = request.app.state.settings
     return settings

@@ -35,11 +35,13 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
         _configure_sqlite(engine)
         return engine
+    # No pre-ping: it costs a round trip on every checkout (about half of a short transaction
+    # here, see BENCHMARKS.md). A connection the server has dropped fails its first statement
+    # instead; SQLAlchemy discards it and that one request gets a 503 with Retry-After.
     return create_async_engine(
         settings.database_url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_pool_size,
-        pool_pre_ping=True,
     )
 
 
@@ -91,7 +93,7 @@ class Database:
         await self.engine.dispose()
 
 
-def get_database(request: Request) -> Database:
+async def get_database(request: Request) -> Database:
     database: Database = request.app.state.database
     return database
 

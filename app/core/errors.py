@@ -100,6 +100,14 @@ class ServiceUnavailable(AppError):
     title = "Service unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """What the driver-level hot path raises for what the ORM's errors answer the same way."""
+
+    slug = "database-unavailable"
+    title = "Database unavailable"
+    headers = {"Retry-After": "1"}  # noqa: RUF012 (read-only, like the other headers)
+
+
 def problem_response(
     request: Request,
     *,
@@ -222,7 +230,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        if getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
+        # A pooled connection the server dropped (a restart, a fail-over): SQLAlchemy has thrown
+        # it away, and the retry gets a fresh one.
+        if exc.connection_invalidated or getattr(exc.orig, "sqlstate", None) in TRANSIENT_SQLSTATES:
             return await _database_unavailable(request, exc)
         return await _unexpected(request, exc)
 
