@@ -18,6 +18,7 @@ from app.auth.router import router as auth_router
 from app.catalogue.loader import load_catalogue
 from app.catalogue.router import router as catalogue_router
 from app.catalogue.service import sync_catalogue
+from app.checks.fast import HotPath
 from app.checks.router import router as checks_router
 from app.consents.router import router as consents_router
 from app.core.config import Settings, get_settings
@@ -102,6 +103,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sync_catalogue(session, catalogue)
     app.state.database = database
     app.state.catalogue = catalogue
+    app.state.hot_path = hot_path = HotPath(settings, database)
     jobs = _background_jobs(settings, database, app.state.checkpoint_key)
     stop_delivering = asyncio.Event()
     delivery = None
@@ -120,6 +122,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             except TimeoutError:
                 logger.warning("webhook deliveries still under way at shutdown were left")
             await deliverer.aclose()
+        await hot_path.close()
         for job in jobs:
             job.cancel()
         for job in jobs:
@@ -144,13 +147,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     if not public_docs:
         _serve_openapi_to_callers(app)
+    # The check first: routes are matched in order, and it is the one called most.
     for router in (
+        checks_router,
         health_router,
         auth_router,
         catalogue_router,
         subjects_router,
         consents_router,
-        checks_router,
         policies_router,
         permissions_router,
         audit_router,

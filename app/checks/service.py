@@ -1,20 +1,29 @@
-"""The check: the hot path. A few indexed reads (the subject, the policy versions, its consents
-for the pairs asked, and the OS state when a device is named), no cache, so a withdrawal or a
-policy change committed before the check began is always seen."""
+"""The check through the ORM: a few indexed reads (the subject, the policy versions, its consents
+for the pairs asked, and the OS state when a device is named), no cache. The routes use the same
+reads made by one statement on the driver (``app.checks.fast``); this one is its reference, held
+to it by the tests, and the decision code is shared."""
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Pair
-from app.checks.decision import ConsentState, Decision, OsState, SubjectFacts, decide
+from app.checks.decision import (
+    ConsentState,
+    Decision,
+    OsState,
+    Policies,
+    SubjectFacts,
+    decide,
+)
 from app.core.config import Settings
 from app.core.types import utcnow
 from app.models import Consent, PermissionObservation, Subject
 from app.policies.service import load_policies
-from app.subjects.age import is_child
+from app.subjects.age import AgeFacts, is_child
 
 
 async def check(
@@ -26,11 +35,7 @@ async def check(
 ) -> list[Decision]:
     now = utcnow()
     subject = await session.get(Subject, subject_id)
-    facts = SubjectFacts(
-        cancelled=subject is not None and subject.status == "cancelled",
-        child=subject is not None and is_child(subject, settings, now),
-        guardian_since=subject.guardian_verified_at if subject is not None else None,
-    )
+    facts = subject_facts(subject, settings, now)
     policies = await load_policies(session)
     targets = {p.target.key for p in pairs}
     rows = await session.exec(
@@ -56,6 +61,19 @@ async def check(
             )
         )
         os = {o.target_key: OsState(o.state, o.last_denied_at) for o in observations}
+    return decide_all(settings, pairs, consents, os, facts, policies, now, device_id)
+
+
+def decide_all(
+    settings: Settings,
+    pairs: Sequence[Pair],
+    consents: dict[tuple[str, str], ConsentState],
+    os: dict[str, OsState],
+    facts: SubjectFacts,
+    policies: Policies,
+    now: datetime,
+    device_id: str | None,
+) -> list[Decision]:
     cooldown = timedelta(hours=settings.prompt_cooldown_hours)
     return [
         decide(
@@ -70,3 +88,23 @@ async def check(
         )
         for p in pairs
     ]
+
+
+class CheckedSubject(AgeFacts, Protocol):
+    @property
+    def status(self) -> str: ...
+    @property
+    def guardian_verified_at(self) -> datetime | None: ...
+
+
+def subject_facts(
+    subject: CheckedSubject | None, settings: Settings, now: datetime
+) -> SubjectFacts:
+    """An unknown subject is an adult with nothing recorded: every optional pair is not_asked."""
+    if subject is None:
+        return SubjectFacts()
+    return SubjectFacts(
+        cancelled=subject.status == "cancelled",
+        child=is_child(subject, settings, now),
+        guardian_since=subject.guardian_verified_at,
+    )

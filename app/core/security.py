@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Protocol, get_args
 
 import jwt
 from fastapi import Depends, Request
@@ -166,7 +166,29 @@ async def _find_key(database: Database, column: Any, value: str) -> ApiKey | Non
 async def _key_principal(database: Database, key: str) -> Principal:
     digest = hash_api_key(key)
     found = await _find_key(database, ApiKey.key_hash, digest)
-    if found is None or not hmac.compare_digest(found.key_hash, digest):
+    if found is not None and not hmac.compare_digest(found.key_hash, digest):
+        found = None
+    return key_principal(database, found)
+
+
+class KeyFacts(Protocol):
+    """An API key's row, from the ORM or from the check's hot path."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def last_used_at(self) -> datetime | None: ...
+
+
+def key_principal(database: Database, found: KeyFacts | None) -> Principal:
+    """The caller behind an API key found by its digest (None: no such key), or a 401."""
+    if found is None:
         raise Unauthenticated("The API key is not valid.")
     if found.revoked_at is not None:
         raise Unauthenticated(f"The API key {found.name!r} has been revoked.")
@@ -179,7 +201,7 @@ async def _key_principal(database: Database, key: str) -> Principal:
 _recent_uses: dict[uuid.UUID, datetime] = {}
 
 
-def _note_use(database: Database, key: ApiKey) -> None:
+def _note_use(database: Database, key: KeyFacts) -> None:
     """Record the last use, to the minute, in the background: at most one small write per key
     per minute per process, and a request never waits for it (nor fails because of it)."""
     now = utcnow()
@@ -284,6 +306,15 @@ async def authenticate(
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
+def require_scope(principal: Principal, scope: Scope) -> None:
+    if scope not in principal.scopes:
+        raise Forbidden(
+            f"This route needs the scope {scope.value!r}, which {principal.describe()} "
+            "does not have.",
+            missing_scope=scope.value,
+        )
+
+
 def requires(scope: Scope) -> Any:
     """A dependency: the caller, if its credential carries ``scope`` (403 otherwise).
 
@@ -292,12 +323,7 @@ def requires(scope: Scope) -> Any:
     """
 
     async def dependency(request: Request, principal: PrincipalDep) -> Principal:
-        if scope not in principal.scopes:
-            raise Forbidden(
-                f"This route needs the scope {scope.value!r}, which {principal.describe()} "
-                "does not have.",
-                missing_scope=scope.value,
-            )
+        require_scope(principal, scope)
         if principal.subject_id is not None and scope not in _UNBOUND_SCOPES:
             subject_id = request.path_params.get("subject_id")
             if subject_id is None:

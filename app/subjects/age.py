@@ -2,16 +2,33 @@
 subject is taken to be as young as they could be, so no child is ever treated as an adult."""
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Protocol
 
 from app.core.config import Settings
-from app.models import Subject
+
+
+class AgeFacts(Protocol):
+    """What is known of a subject's age: a Subject row, or the check's hot-path row."""
+
+    @property
+    def jurisdiction(self) -> str: ...
+    @property
+    def birth_year(self) -> int | None: ...
+    @property
+    def birth_date(self) -> date | None: ...
+    @property
+    def age(self) -> int | None: ...
+    @property
+    def age_stated_at(self) -> datetime | None: ...
+    @property
+    def child_until(self) -> date | None: ...
 
 
 def _years_between(start: date, end: date) -> int:
     return end.year - start.year - ((end.month, end.day) < (start.month, start.day))
 
 
-def minimum_age(subject: Subject, at: datetime) -> int | None:
+def minimum_age(subject: AgeFacts, at: datetime) -> int | None:
     today = at.astimezone(UTC).date()
     if subject.birth_date is not None:
         return _years_between(subject.birth_date, today)
@@ -25,14 +42,14 @@ def minimum_age(subject: Subject, at: datetime) -> int | None:
     return None
 
 
-def is_child(subject: Subject, settings: Settings, at: datetime) -> bool:
+def is_child(subject: AgeFacts, settings: Settings, at: datetime) -> bool:
     age = minimum_age(subject, at)
     if age is None:  # nothing stated, or erased: a child's erasure leaves child_until behind
         return subject.child_until is not None and at.astimezone(UTC).date() < subject.child_until
     return age < settings.child_age(subject.jurisdiction)
 
 
-def child_until(subject: Subject, settings: Settings, at: datetime) -> date | None:
+def child_until(subject: AgeFacts, settings: Settings, at: datetime) -> date | None:
     """The first day on which a subject who is a child at ``at`` is surely no longer one: what is
     kept of a child whose age attributes are erased. (A day-by-day walk: at most 21 years of
     days, and only on erasure.)"""

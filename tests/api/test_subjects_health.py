@@ -1,6 +1,7 @@
 import httpx
 from fastapi import FastAPI
 
+from app.checks.fast import HotPath
 from app.core.config import Settings
 from app.core.db import Database
 from tests.factories import TEST_SECRET
@@ -35,10 +36,12 @@ async def test_health_and_readiness(client: httpx.AsyncClient) -> None:
 async def test_readiness_is_503_when_the_database_is_unreachable(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
-    working = app.state.database
-    app.state.database = Database(
-        Settings(database_url="postgresql://nobody@127.0.0.1:9/none", secret_key=TEST_SECRET)
+    working, hot_path = app.state.database, app.state.hot_path
+    unreachable = Settings(
+        database_url="postgresql://nobody@127.0.0.1:9/none", secret_key=TEST_SECRET
     )
+    app.state.database = Database(unreachable)
+    app.state.hot_path = HotPath(unreachable, app.state.database)
     try:
         response = await client.get("/readyz")
         assert response.status_code == 503
@@ -52,6 +55,8 @@ async def test_readiness_is_503_when_the_database_is_unreachable(
             params={"subject_id": "u", "target": "gender", "purpose": "service_improvement"},
         )
         assert check.status_code == 503
+        assert check.headers["retry-after"] == "1"
+        assert check.json()["type"].endswith("database-unavailable")
     finally:
         await app.state.database.dispose()
-        app.state.database = working
+        app.state.database, app.state.hot_path = working, hot_path

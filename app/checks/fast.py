@@ -1,0 +1,275 @@
+"""The check's hot path: the credential, the subject, its consents for the pairs asked (and the OS
+state, when a device is named) and the policy archive's version, read by ONE statement on the
+driver (asyncpg, or sqlite3 through aiosqlite), bypassing the ORM.
+
+One statement is one snapshot, so the answer is as fresh as the database: a withdrawal or a
+revocation of the key committed before the check began is always seen, on every worker. Nothing
+here is cached but the published policy versions, and those are checked on every call against
+the archive's row count (versions are only ever added), so a new material version is seen at once.
+
+Everything else (errors, scopes, the decision itself) is the same code the rest of the service
+uses; tests/api/test_hotpath.py holds this module to the ORM path on both databases.
+"""
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from app.checks.decision import ConsentState, OsState, Policies
+from app.core.config import Settings
+from app.core.db import SQLITE_BUSY_TIMEOUT_MS, Database
+from app.core.errors import TRANSIENT_SQLSTATES, DatabaseUnavailable
+from app.policies.service import load_policies
+
+PG_LOOKUP = """
+SELECT
+  (SELECT ROW(k.id, k.name, k.role, k.revoked_at, k.last_used_at)
+     FROM api_key k WHERE k.key_hash = $1),
+  (SELECT ROW(s.status, s.jurisdiction, s.birth_year, s.birth_date, s.age, s.age_stated_at,
+              s.guardian_verified_at, s.child_until)
+     FROM subject s WHERE s.id = $2),
+  ARRAY(SELECT ROW(c.target_key, c.purpose_key, c.state, c.event_id, c.policy_version,
+                   c.recorded_at, c.expires_at)
+          FROM consent c
+         WHERE c.subject_id = $2 AND c.target_key = ANY($3::text[])
+           AND c.purpose_key = ANY($4::text[])),
+  ARRAY(SELECT ROW(o.target_key, o.state, o.last_denied_at)
+          FROM permission_observation o
+         WHERE o.subject_id = $2 AND o.device_id = $5 AND o.target_key = ANY($3::text[])),
+  (SELECT count(*) FROM policy_version)
+"""
+
+SQLITE_LOOKUP = """
+SELECT
+  (SELECT json_array(k.id, k.name, k.role, k.revoked_at, k.last_used_at)
+     FROM api_key k WHERE k.key_hash = ?1),
+  (SELECT json_array(s.status, s.jurisdiction, s.birth_year, s.birth_date, s.age,
+                     s.age_stated_at, s.guardian_verified_at, s.child_until)
+     FROM subject s WHERE s.id = ?2),
+  (SELECT json_group_array(json_array(c.target_key, c.purpose_key, c.state, c.event_id,
+                                      c.policy_version, c.recorded_at, c.expires_at))
+     FROM consent c
+    WHERE c.subject_id = ?2 AND c.target_key IN (SELECT value FROM json_each(?3))
+      AND c.purpose_key IN (SELECT value FROM json_each(?4))),
+  (SELECT json_group_array(json_array(o.target_key, o.state, o.last_denied_at))
+     FROM permission_observation o
+    WHERE o.subject_id = ?2 AND o.device_id = ?5
+      AND o.target_key IN (SELECT value FROM json_each(?3))),
+  (SELECT count(*) FROM policy_version)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    id: uuid.UUID
+    name: str
+    role: str
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectRow:
+    """The subject's attributes the decision reads (what ``app.subjects.age`` needs, too)."""
+
+    id: str
+    status: str
+    jurisdiction: str
+    birth_year: int | None
+    birth_date: date | None
+    age: int | None
+    age_stated_at: datetime | None
+    guardian_verified_at: datetime | None
+    child_until: date | None
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    key: KeyRow | None
+    subject: SubjectRow | None
+    consents: dict[tuple[str, str], ConsentState]
+    os: dict[str, OsState]
+    policies: Policies
+
+
+def _unavailable(exc: Exception) -> Exception:
+    """Connection trouble (refused, dropped, too many clients, cancelled) is a 503 with
+    Retry-After, as on the ORM's routes; anything else is a bug and stays one."""
+    transient = getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    if (
+        isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError)
+        or transient
+    ):
+        return DatabaseUnavailable(f"the database could not be reached: {type(exc).__name__}")
+    return exc
+
+
+def _instant(value: Any) -> datetime | None:
+    """PostgreSQL gives aware datetimes; SQLite the text SQLAlchemy stored (naive UTC)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(value).replace(tzinfo=UTC)
+
+
+def _when(value: Any) -> datetime:
+    instant = _instant(value)
+    assert instant is not None  # a NOT NULL column
+    return instant
+
+
+def _key(row: Sequence[Any]) -> KeyRow:
+    return KeyRow(_uuid(row[0]), row[1], row[2], _instant(row[3]), _instant(row[4]))
+
+
+def _subject(subject_id: str, row: Sequence[Any]) -> SubjectRow:
+    return SubjectRow(
+        subject_id,
+        status=row[0],
+        jurisdiction=row[1],
+        birth_year=row[2],
+        birth_date=_day(row[3]),
+        age=row[4],
+        age_stated_at=_instant(row[5]),
+        guardian_verified_at=_instant(row[6]),
+        child_until=_day(row[7]),
+    )
+
+
+def _day(value: Any) -> date | None:
+    return value if value is None or isinstance(value, date) else date.fromisoformat(value)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
+
+
+class HotPath:
+    """One per application process: a driver-level pool and the cached policy versions."""
+
+    def __init__(self, settings: Settings, database: Database) -> None:
+        self.settings = settings
+        self.database = database
+        self._pool: Any = None  # asyncpg.Pool
+        self._sqlite: asyncio.Queue[Any] | None = None  # idle aiosqlite connections
+        self._sqlite_all: list[Any] = []
+        self._policies: tuple[int, Policies] | None = None
+        self._starting = asyncio.Lock()
+        self._started = False
+
+    async def _start(self) -> None:
+        """On first use, so a database that is down at start-up costs checks, not the start."""
+        async with self._starting:
+            if not self._started:
+                try:
+                    await self._open()
+                except Exception as exc:
+                    raise _unavailable(exc) from exc
+                self._started = True
+
+    async def _open(self) -> None:
+        url = self.database.engine.url
+        size = self.settings.database_pool_size
+        if self.database.dialect == "postgresql":
+            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+            async def keep(_connection: Any) -> None:
+                """Only single read-only statements run here: nothing to reset between uses,
+                so no round trip for it either."""
+
+            self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, reset=keep)
+        else:
+            import aiosqlite
+
+            self._sqlite = asyncio.Queue()
+            for _ in range(min(size, 4)):  # each is a thread; reads under WAL run side by side
+                connection = await aiosqlite.connect(url.database or "", isolation_level=None)
+                await connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                self._sqlite_all.append(connection)
+                self._sqlite.put_nowait(connection)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+        for connection in self._sqlite_all:
+            await connection.close()
+
+    @asynccontextmanager
+    async def _sqlite_connection(self) -> AsyncIterator[Any]:
+        assert self._sqlite is not None
+        connection = await self._sqlite.get()
+        try:
+            yield connection
+        finally:
+            self._sqlite.put_nowait(connection)
+
+    async def lookup(
+        self,
+        key_hash: str,
+        subject_id: str,
+        pairs: Sequence[tuple[str, str]],
+        device_id: str | None,
+    ) -> Lookup:
+        targets = sorted({t for t, _ in pairs})
+        purposes = sorted({p for _, p in pairs})
+        if not self._started:
+            await self._start()
+        if self._pool is not None:
+            try:
+                row = await self._pool.fetchrow(
+                    PG_LOOKUP, key_hash, subject_id, targets, purposes, device_id
+                )
+            except Exception as exc:
+                raise _unavailable(exc) from exc
+            key, subject, consents, observations, policy_count = row
+        else:
+            try:
+                async with self._sqlite_connection() as connection:
+                    cursor = await connection.execute(
+                        SQLITE_LOOKUP,
+                        (
+                            key_hash,
+                            subject_id,
+                            json.dumps(targets),
+                            json.dumps(purposes),
+                            device_id,
+                        ),
+                    )
+                    raw = await cursor.fetchone()
+                    await cursor.close()
+            except sqlite3.OperationalError as exc:  # locked past the busy time-out, disk gone
+                raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+            key = json.loads(raw[0]) if raw[0] else None
+            subject = json.loads(raw[1]) if raw[1] else None
+            consents, observations = json.loads(raw[2]), json.loads(raw[3])
+            policy_count = raw[4]
+        wanted = set(pairs)
+        return Lookup(
+            key=_key(key) if key else None,
+            subject=_subject(subject_id, subject) if subject else None,
+            consents={
+                (c[0], c[1]): ConsentState(c[2], _uuid(c[3]), c[4], _when(c[5]), _instant(c[6]))
+                for c in consents
+                if (c[0], c[1]) in wanted
+            },
+            os={o[0]: OsState(o[1], _instant(o[2])) for o in observations} if device_id else {},
+            policies=await self._current_policies(policy_count),
+        )
+
+    async def _current_policies(self, count: int) -> Policies:
+        cached = self._policies
+        if cached is not None and cached[0] == count:
+            return cached[1]
+        async with self.database.read_sessions() as session, session.begin():
+            policies = await load_policies(session)
+        # Read after the count: if a version was published in between, the next call sees a
+        # count that differs from the one stored here and loads again.
+        self._policies = (count, policies)
+        return policies

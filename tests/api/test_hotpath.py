@@ -1,0 +1,136 @@
+"""The check's hot path (one statement on the driver, app.checks.fast) against the ORM path it
+replaces on the routes (app.checks.service): the same decisions in every state a subject can be
+in, on both databases; and nothing it caches can serve a stale allow."""
+
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from app.checks import service
+from app.checks.router import _json
+from tests.api.test_rules import CAMERA, GUARDIAN, publish
+from tests.factories import KEYS, NECESSARY, OPTIONAL, OPTIONAL_2, auth, check, set_consent
+
+ADMIN = auth(KEYS["admin"])
+PAIRS = [OPTIONAL, OPTIONAL_2, NECESSARY, CAMERA, ("permission.location", "app_features")]
+
+
+async def both(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str, device_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The route's decisions, after asserting the ORM path gives the same."""
+    body: dict[str, Any] = {
+        "subject_id": subject_id,
+        "items": [{"target": t, "purpose": p} for t, p in PAIRS],
+    }
+    if device_id:
+        body["device_id"] = device_id
+    response = await client.post("/v1/checks", json=body)
+    assert response.status_code == 200, response.text
+    fast = response.json()["decisions"]
+    catalogue, settings = app.state.catalogue, app.state.settings
+    async with app.state.database.read_sessions() as session, session.begin():
+        slow = await service.check(
+            session, settings, subject_id, [catalogue.pairs[p] for p in PAIRS], device_id
+        )
+    assert fast == [_json(d) for d in slow]
+    decisions: list[dict[str, Any]] = fast
+    return decisions
+
+
+async def test_the_hot_path_decides_as_the_orm_path_in_every_state(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str
+) -> None:
+    reasons = set()
+
+    async def record(sid: str, device: str | None = None) -> None:
+        reasons.update(d["reason"] for d in await both(app, client, sid, device))
+
+    await record("nobody-at-all")  # unknown subject
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+    await set_consent(client, subject_id, *OPTIONAL_2, "given", expires_at="2099-01-01T00:00:00Z")
+    await set_consent(client, subject_id, *CAMERA, "given")
+    await record(subject_id)
+    observed = await client.put(
+        f"/v1/subjects/{subject_id}/devices/phone-1/permissions/{CAMERA[0]}",
+        json={"platform": "android", "native_value": "PERMISSION_DENIED", "state": "denied"},
+    )
+    assert observed.status_code == 200, observed.text
+    await record(subject_id, "phone-1")
+    await record(subject_id, "another-phone")
+    await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+    await set_consent(client, subject_id, *OPTIONAL_2, "refused")
+    await record(subject_id)
+
+    child = f"{subject_id}-child"
+    await set_consent(client, child, *OPTIONAL, "given")
+    await client.put(f"/v1/subjects/{child}", json={"birth_year": 2018})  # revoked
+    await record(child)
+    assert (await client.post(f"/v1/subjects/{child}/guardian-consents", json=GUARDIAN)).is_success
+    await set_consent(client, child, *OPTIONAL, "given")
+    await record(child)
+
+    renew = f"{subject_id}-renew"
+    await set_consent(client, renew, *OPTIONAL, "given")
+    await publish(client, "2026-12", material=True, affected_purposes=[OPTIONAL[1]])
+    await record(renew)
+
+    gone = f"{subject_id}-gone"
+    await set_consent(client, gone, *OPTIONAL, "given")
+    assert (await client.post(f"/v1/subjects/{gone}/cancellation", json={})).is_success
+    await record(gone)
+    assert {
+        "consent_given", "not_asked", "necessary", "os_denied", "withdrawn", "refused",
+        "revoked", "account_cancelled", "reconsent_required",
+    } <= reasons  # fmt: skip
+
+
+async def test_a_new_material_policy_is_seen_by_the_very_next_check(
+    client: httpx.AsyncClient, subject_id: str
+) -> None:
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+    assert (await check(client, subject_id, *OPTIONAL))["allowed"] is True  # policies cached
+    await publish(client, "2027-01", material=True, affected_purposes=[OPTIONAL[1]])
+    decision = await check(client, subject_id, *OPTIONAL)
+    assert (decision["allowed"], decision["reason"]) == (False, "reconsent_required")
+
+
+async def test_a_revoked_key_is_refused_by_the_very_next_check(
+    anonymous: httpx.AsyncClient, subject_id: str
+) -> None:
+    created = await anonymous.post("/v1/keys", json={"name": "app-2", "role": "app"}, headers=ADMIN)
+    key = created.json()["key"]
+    params = {"subject_id": subject_id, "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+    assert (await anonymous.get("/v1/checks", params=params, headers=auth(key))).status_code == 200
+    assert (await anonymous.post("/v1/keys/app-2/revocation", headers=ADMIN)).is_success
+    refused = await anonymous.get("/v1/checks", params=params, headers=auth(key))
+    assert refused.status_code == 401
+    assert "revoked" in refused.json()["detail"]
+    wrong = await anonymous.get("/v1/checks", params=params, headers=auth(KEYS["app"] + "x"))
+    assert wrong.status_code == 401
+    staff = await anonymous.get("/v1/checks", params=params, headers=auth(KEYS["auditor"]))
+    assert staff.status_code == 403
+    assert staff.json()["missing_scope"] == "checks:run"
+
+
+async def test_connections_the_server_dropped_cost_at_most_a_503(
+    app: FastAPI, client: httpx.AsyncClient, backend: str, subject_id: str
+) -> None:
+    """A restart or fail-over closes pooled connections: never a 500, and the next check works."""
+    if backend != "postgresql":
+        return  # SQLite has no server to drop them
+    from sqlalchemy import text
+
+    assert (await check(client, subject_id, *OPTIONAL))["reason"] == "not_asked"
+    async with app.state.database.engine.connect() as connection:
+        await connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    params = {"subject_id": subject_id, "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+    statuses = [(await client.get("/v1/checks", params=params)).status_code for _ in range(12)]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[-1] == 200
