@@ -1,0 +1,615 @@
+"""The benchmark harness: ``python -m bench [--quick]``. See BENCHMARKS.md.
+
+For each backend (SQLite, the embedded default, in a temporary directory; PostgreSQL in a scratch
+database that is dropped and made again): generate data, start the real server as production runs
+it (uvicorn with httptools and uvloop, no access log) and, on the same settings, the reference app
+(a constant; one raw-driver primary-key lookup); drive load from other processes (wrk for
+throughput, ``bench.openloop`` at a fixed rate for latency); print the results and, with
+``--write``, put them into BENCHMARKS.md. Needs ``wrk`` (Debian: ``apt-get install wrk``).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from app.catalogue.loader import load_catalogue
+from bench.seed import seed
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-" + os.urandom(24).hex()
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_DB = "consent_ledger_bench"
+
+
+@dataclass
+class Plan:
+    subjects: int
+    events_per_subject: int
+    big_subjects: int  # the scale comparison's large database
+    seconds: float  # per wrk or open-loop run
+    stale_rounds: int
+    writers: int  # subjects whose seeded consent the write runs withdraw, one each
+    connections: int = 64
+
+    @property
+    def seeded(self) -> int:
+        """Readers first (bench-00000000…), then the writers' subjects."""
+        return self.subjects + self.writers
+
+
+QUICK = Plan(
+    subjects=1_000,
+    events_per_subject=10,
+    big_subjects=20_000,
+    seconds=3,
+    stale_rounds=200,
+    writers=20_000,
+)
+FULL = Plan(
+    subjects=1_000,
+    events_per_subject=10,
+    big_subjects=1_000_000,
+    seconds=10,
+    stale_rounds=10_000,
+    writers=100_000,
+)
+
+
+@dataclass
+class Results:
+    backend: str
+    rows: dict[str, dict[str, object]] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run(command: list[str], env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        command, env={**os.environ, **(env or {})}, cwd=ROOT, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout
+
+
+@contextmanager
+def serving(factory: str, env: dict[str, str], workers: int, probe: str) -> Iterator[str]:
+    """uvicorn as production runs it; yields the base URL once ``probe`` answers."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        factory,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--http",
+        "httptools",
+        "--loop",
+        "uvloop",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(
+            command, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        yield from _until_ready(process, log, f"http://127.0.0.1:{port}", factory, probe)
+
+
+def _until_ready(
+    process: subprocess.Popen[bytes], log: IO[bytes], base: str, factory: str, probe: str
+) -> Iterator[str]:
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                raise SystemExit(f"{factory} did not start:\n{log.read().decode()}")
+            try:
+                if httpx.get(base + probe, timeout=1).status_code < 500:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{factory} did not answer {probe}")
+            time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def lua_random(path_template: str, subjects: int) -> str:
+    return textwrap.dedent(f"""
+        math.randomseed(os.time() + math.random(1000))
+        request = function()
+          local sid = string.format("bench-%08d", math.random(0, {subjects - 1}))
+          return wrk.format(nil, string.format("{path_template}", sid))
+        end
+    """)
+
+
+def lua_batch(subjects: int, pairs: list[tuple[str, str]]) -> str:
+    items = ",".join(f'{{"target":"{t}","purpose":"{p}"}}' for t, p in pairs)
+    return textwrap.dedent(f"""
+        math.randomseed(os.time() + math.random(1000))
+        wrk.method = "POST"
+        wrk.headers["content-type"] = "application/json"
+        request = function()
+          local sid = string.format("bench-%08d", math.random(0, {subjects - 1}))
+          local body = '{{"subject_id":"' .. sid .. '","items":[{items}]}}'
+          return wrk.format(nil, "/v1/checks", nil, body)
+        end
+    """)
+
+
+def lua_writes(first: int, per_thread: int, idempotent: bool) -> str:
+    """Each request withdraws the seeded `gender` consent of a subject no other request uses."""
+    key = 'wrk.headers["idempotency-key"] = "bench-" .. id .. "-" .. n' if idempotent else ""
+    return textwrap.dedent(f"""
+        local threads = 0
+        setup = function(thread) thread:set("id", threads); threads = threads + 1 end
+        local n = 0
+        wrk.method = "PUT"
+        wrk.headers["content-type"] = "application/json"
+        wrk.body = '{{"state":"withdrawn"}}'
+        request = function()
+          n = n + 1
+          {key}
+          local sid = string.format("bench-%08d", {first} + id * {per_thread} + n)
+          return wrk.format(nil, "/v1/subjects/" .. sid .. "/consents/gender/service_improvement")
+        end
+    """)
+
+
+def wrk(
+    base: str,
+    path: str,
+    key: str | None,
+    seconds: float,
+    connections: int,
+    script: str | None = None,
+) -> dict[str, float]:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if key:
+        command += ["-H", f"Authorization: Bearer {key}"]
+    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
+        if script:
+            lua.write(script)
+            lua.flush()
+            command += ["-s", lua.name]
+        output = run([*command, base + path])
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "rps": round(rps, 1),
+        "non_2xx": int(non_2xx[1]) if non_2xx else 0,
+        "socket_errors": errors[1] if errors else "",  # type: ignore[dict-item]
+    }
+
+
+def openloop(
+    base: str,
+    key: str,
+    rate: float,
+    seconds: float,
+    subjects: int,
+    write_every: int = 0,
+    write_offset: int = 0,
+) -> dict[str, object]:
+    port = base.rsplit(":", 1)[1]
+    output = run(
+        [
+            sys.executable,
+            "-m",
+            "bench.openloop",
+            "--port",
+            port,
+            "--key",
+            key,
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(seconds),
+            "--subjects",
+            str(subjects),
+            "--write-every",
+            str(write_every),
+            "--write-offset",
+            str(write_offset),
+        ]
+    )
+    result: dict[str, object] = json.loads(output)
+    return result
+
+
+REUSE = False  # --reuse: keep a PostgreSQL database that already holds the data asked for
+
+
+def _pg(db: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{db}"
+
+
+def _holds(db: str, subjects: int) -> bool:
+    found = subprocess.run(
+        ["psql", _pg(db), "-tAc", "SELECT count(*) FROM subject WHERE id LIKE 'bench-%'"],
+        capture_output=True,
+        text=True,
+    )
+    return found.returncode == 0 and found.stdout.strip() == str(subjects)
+
+
+def prepared(
+    backend: str, workdir: Path, name: str, subjects: int, per_subject: int
+) -> tuple[str, str]:
+    """A migrated database with ``subjects`` generated subjects, settled, and an app key."""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{workdir / (name + '.db')}"
+    else:
+        db = f"{PG_DB}_{name}"
+        url = _pg(db).replace("postgresql://", "postgresql+asyncpg://")
+    env = {"DATABASE_URL": url, "CONSENT_LEDGER_SECRET_KEY": SECRET}
+    if backend == "sqlite" or not (REUSE and _holds(db, subjects)):
+        if backend != "sqlite":
+            for statement in (f"DROP DATABASE IF EXISTS {db}", f"CREATE DATABASE {db}"):
+                run(["psql", PG_ADMIN, "-q", "-c", statement])
+        run([sys.executable, "-m", "app.cli", "migrate"], env)
+        started = time.monotonic()
+        seed(url, subjects, per_subject)
+        print(
+            f"  seeded {subjects:,} subjects, {subjects * per_subject:,} events "
+            f"in {time.monotonic() - started:.0f} s",
+            flush=True,
+        )
+    if backend != "sqlite":
+        # Write the freshly loaded pages out now, not during the next measurement.
+        run(["psql", _pg(db), "-q", "-c", "VACUUM ANALYZE", "-c", "CHECKPOINT"])
+    time.sleep(2)
+    key = (
+        run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "keys",
+                "create",
+                "--role",
+                "app",
+                "--name",
+                f"bench-{name}-{os.urandom(3).hex()}",
+            ],
+            env,
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    return url, key
+
+
+def server_env(url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": url,
+        "CONSENT_LEDGER_SECRET_KEY": SECRET,
+        "CONSENT_LEDGER_LOG_LEVEL": "warning",
+    }
+
+
+CHECK = "/v1/checks?subject_id=%s&target=gender&purpose=service_improvement"
+
+
+def throughput(backend: str, url: str, key: str, plan: Plan, results: Results) -> None:
+    pairs = list(load_catalogue().pairs)[:20]
+    for workers in (1, 2):
+        env = server_env(url)
+        with serving("bench.reference:app", env, workers, "/bare") as ref:
+            bare = wrk(ref, "/bare", None, plan.seconds, plan.connections)
+            pk = wrk(
+                ref,
+                "/pk",
+                None,
+                plan.seconds,
+                plan.connections,
+                lua_random("/pk?subject_id=%s", plan.subjects),
+            )
+        with serving("app.main:create_app", env, workers, "/healthz") as app:
+            single = wrk(
+                app, "/", key, plan.seconds, plan.connections, lua_random(CHECK, plan.subjects)
+            )
+            batch = wrk(
+                app, "/", key, plan.seconds, plan.connections, lua_batch(plan.subjects, pairs)
+            )
+        results.rows[f"throughput, {workers} worker(s)"] = {
+            "bare": bare,
+            "pk": pk,
+            "check": single,
+            "batch20": batch,
+            "check/bare": round(single["rps"] / bare["rps"], 3),
+            "pk/bare": round(pk["rps"] / bare["rps"], 3),
+            "batch20 cost/check": round(single["rps"] / batch["rps"], 2),
+        }
+        label = f"throughput, {workers} worker(s)"
+        print(f"  {label}: {json.dumps(results.rows[label])}", flush=True)
+
+
+def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Results) -> float:
+    env = server_env(url)
+    with serving("app.main:create_app", env, 1, "/healthz") as app:
+        most = wrk(app, "/", key, plan.seconds, plan.connections, lua_random(CHECK, plan.subjects))
+        rate = round(most["rps"] / 2)
+        reads = openloop(app, key, rate, plan.seconds * 2, plan.subjects)
+        share = plan.writers // 3  # three ranges of writers: mixed, plain, keyed
+        mixed = openloop(
+            app,
+            key,
+            rate,
+            plan.seconds * 2,
+            plan.subjects,
+            write_every=10,
+            write_offset=plan.subjects,
+        )
+        results.rows["latency at half the maximum"] = {
+            "max_rps": most["rps"],
+            "rate": rate,
+            "read_only": reads,
+            "10% writes": mixed,
+        }
+        print(f"  latency: {json.dumps(results.rows['latency at half the maximum'])}", flush=True)
+        # Writes: each request withdraws a consent given in the seed, of a subject used once.
+        first = plan.subjects + share
+        plain = wrk(app, "/", key, plan.seconds, 16, lua_writes(first, share // 2, False))
+        keyed = wrk(app, "/", key, plan.seconds, 16, lua_writes(first + share, share // 2, True))
+        results.rows["consent changes"] = {
+            "plain": plain,
+            "idempotency_key": keyed,
+            "keyed/plain": round(keyed["rps"] / plain["rps"], 3),
+        }
+        print(f"  writes: {json.dumps(results.rows['consent changes'])}", flush=True)
+    return rate
+
+
+def stale_allows(url: str, key: str, rounds: int, results: Results) -> None:
+    """Give, check, withdraw, check, over fresh connections to a 2-worker server."""
+    with serving("app.main:create_app", server_env(url), 2, "/healthz") as app:
+        client = httpx.Client(
+            base_url=app,
+            headers={"Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_keepalive_connections=0),
+            timeout=30,
+        )
+        sid = "stale-race"
+        path = f"/v1/subjects/{sid}/consents/gender/service_improvement"
+        stale = missed = 0
+        for _ in range(rounds):
+            client.put(path, json={"state": "given"}).raise_for_status()
+            missed += not client.get(CHECK % sid).json()["decisions"][0]["allowed"]
+            client.put(path, json={"state": "withdrawn"}).raise_for_status()
+            stale += client.get(CHECK % sid).json()["decisions"][0]["allowed"]
+        client.close()
+    results.rows["withdraw-then-check race, 2 workers"] = {
+        "rounds": rounds,
+        "stale_allows": stale,
+        "missed_grants": missed,
+    }
+    print(f"  race: {results.rows['withdraw-then-check race, 2 workers']}", flush=True)
+
+
+def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results) -> None:
+    url_small, key_small = prepared(
+        backend, workdir, "tiny", plan.subjects, plan.events_per_subject
+    )
+    url_big, key_big = prepared(backend, workdir, "big", plan.big_subjects, plan.events_per_subject)
+    out = {}
+    for label, url, key, subjects in (
+        ("small", url_small, key_small, plan.subjects),
+        ("big", url_big, key_big, plan.big_subjects),
+    ):
+        with serving("app.main:create_app", server_env(url), 1, "/healthz") as app:
+            # Warm up first (connections opened, caches of the database and the process filled),
+            # as the latency step's server is by the throughput runs before it.
+            wrk(app, "/", key, 3, plan.connections, lua_random(CHECK, subjects))
+            out[label] = openloop(app, key, rate, plan.seconds * 2, subjects)
+    small, big = out["small"]["read"], out["big"]["read"]  # type: ignore[index]
+    results.rows["scale"] = {
+        "subjects": [plan.subjects, plan.big_subjects],
+        "rate": rate,
+        "small": small,
+        "big": big,
+        "p50 big/small": round(big["p50"] / small["p50"], 2),  # type: ignore[index]
+        "p99 big/small": round(big["p99"] / small["p99"], 2),  # type: ignore[index]
+    }
+    print(f"  scale: {json.dumps(results.rows['scale'])}", flush=True)
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = int(Path("/proc/meminfo").read_text().split()[1]) // 1024 // 1024
+    pg = (
+        run(["psql", PG_ADMIN, "-tAc", "show server_version"]).strip()
+        if shutil.which("psql")
+        else "?"
+    )
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
+    return (
+        f"{os.cpu_count()} cores ({cpu}), {memory} GiB, Python {platform.python_version()}, "
+        f"PostgreSQL {pg} on the same host, wrk {wrk_version}"
+    )
+
+
+def render(machine_line: str, command: str, results: list[dict[str, object]]) -> str:
+    """The results as the markdown table BENCHMARKS.md shows."""
+    lines = [
+        f"Machine: {machine_line}.  ",
+        f"Command: `{command}`",
+        "",
+        "| backend | measure | result | target |",
+        "|---|---|---|---|",
+    ]
+
+    def row(backend: str, what: str, result: str, target: str = "") -> None:
+        lines.append(f"| {backend} | {what} | {result} | {target} |")
+
+    for res in results:
+        b = str(res["backend"])
+        for workers in (1, 2):
+            t = res.get(f"throughput, {workers} worker(s)")
+            if not isinstance(t, dict):
+                continue
+            row(
+                b,
+                f"{workers} worker(s): bare / raw-driver pk / check / batch of 20, requests/s",
+                f"{t['bare']['rps']:,.0f} / {t['pk']['rps']:,.0f} / {t['check']['rps']:,.0f} / "
+                f"{t['batch20']['rps']:,.0f}",
+            )
+            goal = "≥ 0.45" if b == "postgresql" else "≥ 0.5"
+            row(
+                b,
+                f"{workers} worker(s): check ÷ bare (pk ÷ bare)",
+                f"{t['check/bare']} ({t['pk/bare']})",
+                goal if workers == 1 else "",
+            )
+            row(
+                b,
+                f"{workers} worker(s): batch-of-20 cost ÷ single check",
+                f"{t['batch20 cost/check']}",
+                "≤ 1.5",
+            )
+        lat = res.get("latency at half the maximum")
+        if isinstance(lat, dict):
+            r = lat["read_only"]["read"]
+            row(
+                b,
+                f"check latency at {lat['rate']}/s (half of {lat['max_rps']:,.0f}), "
+                "p50 / p99 / p99.9 ms",
+                f"{r['p50']} / {r['p99']} / {r['p999']}",
+                "≤ 2 / 10 / 25",
+            )
+            m = lat["10% writes"]["read"]
+            row(
+                b,
+                "same with 10% writes: check p99 ÷ read-only p99",
+                f"{round(m['p99'] / r['p99'], 2)} ({m['p99']} ms)",
+                "≤ 2",
+            )
+        w = res.get("consent changes")
+        if isinstance(w, dict):
+            row(
+                b,
+                "consent changes/s (withdrawal: event, chain, outbox), 1 worker",
+                f"{w['plain']['rps']:,.0f}",
+                "≥ 1,000 (PostgreSQL)",
+            )
+            row(b, "with an Idempotency-Key ÷ without", f"{w['keyed/plain']}", "≥ 0.8")
+        s = res.get("scale")
+        if isinstance(s, dict):
+            small, big = s["subjects"]
+            row(
+                b,
+                f"check latency {big:,} ÷ {small:,} subjects at {s['rate']}/s, p50 / p99",
+                f"{s['p50 big/small']} / {s['p99 big/small']}",
+                "≤ 1.2",
+            )
+        race = res.get("withdraw-then-check race, 2 workers")
+        if isinstance(race, dict):
+            row(
+                b,
+                f"stale allows in {race['rounds']:,} withdraw-then-check rounds, 2 workers",
+                str(race["stale_allows"]),
+                "0",
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small data, short runs")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=("throughput", "latency", "race", "scale")
+    )
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--big-subjects", type=int, help="the scale run's large database")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="PostgreSQL: keep scratch databases that already hold the data (seeding 10M events "
+        "takes ~10 min); a run's writes change the main one, so reuse it for scale runs only",
+    )
+    parser.add_argument(
+        "--rate", type=float, help="the open-loop rate when the latency step is skipped"
+    )
+    args = parser.parse_args()
+    global REUSE
+    REUSE = args.reuse
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is needed: apt-get install wrk (Debian), brew install wrk (macOS)")
+    plan = QUICK if args.quick else FULL
+    if args.big_subjects:
+        plan.big_subjects = args.big_subjects
+    backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
+    print(machine(), flush=True)
+    all_results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in backends:
+            print(f"{backend}:", flush=True)
+            results = Results(backend)
+            url, key = prepared(backend, Path(tmp), "main", plan.seeded, plan.events_per_subject)
+            rate = args.rate or 0.0
+            if "throughput" not in args.skip:
+                throughput(backend, url, key, plan, results)
+            if "latency" not in args.skip:
+                rate = latency_and_writes(backend, url, key, plan, results)
+            if "race" not in args.skip:
+                stale_allows(url, key, plan.stale_rounds, results)
+            if "scale" not in args.skip and rate:
+                scale(backend, Path(tmp), rate, plan, results)
+            all_results.append({"backend": backend, **results.rows})
+    command = "python -m bench " + " ".join(sys.argv[1:])
+    print()
+    print(render(machine(), command.strip(), all_results))
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": machine(), "command": command, "results": all_results}, indent=1)
+        )
+
+
+if __name__ == "__main__":
+    main()

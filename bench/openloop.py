@@ -1,0 +1,134 @@
+"""An open-loop load generator: requests leave at a fixed rate whether or not earlier ones have
+been answered, and each latency counts from when its request was *due*, so queueing in the server
+shows (a closed-loop tool, which waits for an answer before sending the next, hides it).
+
+    python -m bench.openloop --port 8000 --key clk_… --rate 1000 --seconds 10 --subjects 1000 \\
+        [--write-every 10 --write-offset 500000]
+
+Reads are ``GET /v1/checks`` for a random subject; with ``--write-every N`` every N-th request is
+a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not used before.
+Prints one JSON object: the percentiles per kind, in milliseconds.
+"""
+
+import argparse
+import asyncio
+import json
+import random
+import time
+
+from bench.seed import subject_id
+
+POOL = 256  # connections at most; a request waits for one, and that wait is counted
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    ordered = sorted(values)
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
+
+    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "p999": at(0.999),
+            "max": round(ordered[-1] * 1000, 3)}  # fmt: skip
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    loop = asyncio.get_running_loop()
+    idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
+    opened = 0
+    latencies: dict[str, list[float]] = {"read": [], "write": []}
+    errors: dict[str, int] = {}
+    auth = f"Authorization: Bearer {args.key}\r\n"
+    host = f"Host: {args.host}:{args.port}\r\n"
+
+    async def connection() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        nonlocal opened
+        if idle.empty() and opened < POOL:
+            opened += 1
+            return await asyncio.open_connection(args.host, args.port)
+        return await idle.get()
+
+    def request(i: int) -> tuple[str, bytes]:
+        if args.write_every and i % args.write_every == args.write_every - 1:
+            sid = subject_id(args.write_offset + i // args.write_every)
+            body = b'{"state":"withdrawn"}'
+            head = (f"PUT /v1/subjects/{sid}/consents/gender/service_improvement HTTP/1.1\r\n"
+                    f"{host}{auth}content-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n")  # fmt: skip
+            return "write", head.encode() + body
+        sid = subject_id(random.randrange(args.subjects))
+        head = (f"GET /v1/checks?subject_id={sid}&target=gender&purpose=service_improvement "
+                f"HTTP/1.1\r\n{host}{auth}\r\n")  # fmt: skip
+        return "read", head.encode()
+
+    async def one(i: int, due: float) -> None:
+        kind, payload = request(i)
+        reader, writer = await connection()
+        try:
+            writer.write(payload)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = head[9:12].decode()
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+        except Exception as exc:  # counted, and the connection is dropped
+            errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+            writer.close()
+            nonlocal opened
+            opened -= 1
+            return
+        latencies[kind].append(loop.time() - due)
+        if not status.startswith("2"):
+            errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
+        idle.put_nowait((reader, writer))
+
+    total = int(args.rate * args.seconds)
+    tasks = set()
+    start = loop.time() + 0.2
+    for i in range(total):
+        due = start + i / args.rate
+        delay = due - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(i, due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    sent_in = loop.time() - start
+    await asyncio.gather(*tasks)
+    return {
+        "rate": args.rate,
+        "sent_in_s": round(sent_in, 2),
+        "read": percentiles(latencies["read"]),
+        "write": percentiles(latencies["write"]),
+        "errors": errors,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key", required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--subjects", type=int, required=True)
+    parser.add_argument("--write-every", type=int, default=0)
+    parser.add_argument("--write-offset", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    started = time.time()
+    result = asyncio.run(run(args))
+    result["wall_s"] = round(time.time() - started, 2)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Generated data for the benchmarks: N subjects, each with a few consents and a ledger behind
+them, written in bulk (COPY on PostgreSQL, one executemany transaction on SQLite).
+
+The events carry made-up hashes (the check never reads them, and computing 10 million SHA-256
+chains in Python would dominate the set-up); `consent-ledger verify` would flag them.
+"""
+
+import asyncio
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.catalogue.loader import load_catalogue
+from app.catalogue.service import sync_catalogue
+
+# (target, purpose) pairs each subject consents to; the check benchmarks ask about the first.
+PAIRS = [
+    ("gender", "service_improvement"),
+    ("device.model", "service_improvement"),
+    ("age", "service_improvement"),
+    ("device.os_version", "service_improvement"),
+    ("device.resolution", "service_improvement"),
+]
+POLICY = "2022-02"
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def subject_id(n: int) -> str:
+    return f"bench-{n:08d}"
+
+
+def rows(
+    subjects: int, events_per_subject: int
+) -> Iterator[tuple[list[Any], list[Any], list[Any]]]:
+    """Per subject: its row, its events, its current consents (the last event per pair)."""
+    hash_ = "0" * 64
+    for n in range(subjects):
+        sid = subject_id(n)
+        at = START + timedelta(seconds=n)
+        events, last = [], {}
+        for seq in range(1, events_per_subject + 1):
+            target, purpose = PAIRS[(seq - 1) % len(PAIRS)]
+            # The first pair ends up given; the others alternate.
+            state = (
+                "given"
+                if (seq - 1) // len(PAIRS) % 2 == 0 or seq % len(PAIRS) == 1
+                else "withdrawn"
+            )
+            event_id = uuid.uuid4()
+            previous = last.get((target, purpose), (None, "not_asked"))[1]
+            events.append(
+                [event_id, sid, seq, target, purpose, state, previous, "app", "bench", "api",
+                 POLICY, at, None, "{}", None, None, None, hash_, hash_]
+            )  # fmt: skip
+            last[(target, purpose)] = (event_id, state)
+        consents = [
+            [sid, t, p, state, POLICY, event_id, at, None]
+            for (t, p), (event_id, state) in last.items()
+        ]
+        subject = [sid, "CN", 1990, None, None, None, None, "active", at, at,
+                   events_per_subject, hash_, at, None, None, None]  # fmt: skip
+        yield subject, events, consents
+
+
+SUBJECT_COLUMNS = [
+    "id", "jurisdiction", "birth_year", "birth_date", "age", "age_stated_at",
+    "guardian_verified_at", "status", "created_at", "updated_at", "last_seq", "head_hash",
+    "last_event_at", "cancelled_at", "erased_at", "child_until",
+]  # fmt: skip
+EVENT_COLUMNS = [
+    "id", "subject_id", "seq", "target_key", "purpose_key", "state", "previous_state", "actor",
+    "actor_id", "source", "policy_version", "recorded_at", "expires_at", "evidence",
+    "app_version", "locale", "reason", "prev_hash", "hash",
+]  # fmt: skip
+CONSENT_COLUMNS = [
+    "subject_id", "target_key", "purpose_key", "state", "policy_version", "event_id",
+    "recorded_at", "expires_at",
+]  # fmt: skip
+
+
+async def _catalogue(url: str) -> None:
+    engine = create_async_engine(url)
+    async with AsyncSession(engine) as session, session.begin():
+        await sync_catalogue(session, load_catalogue())
+    await engine.dispose()
+
+
+def seed(url: str, subjects: int, events_per_subject: int, batch: int = 20_000) -> None:
+    asyncio.run(_catalogue(url))
+    if url.startswith("sqlite"):
+        _seed_sqlite(url.split(":///", 1)[1], subjects, events_per_subject, batch)
+    else:
+        asyncio.run(_seed_postgres(url, subjects, events_per_subject, batch))
+
+
+def _chunks(
+    subjects: int, events_per_subject: int, batch: int
+) -> Iterator[tuple[list, list, list]]:  # type: ignore[type-arg]
+    s_rows: list[Any] = []
+    e_rows: list[Any] = []
+    c_rows: list[Any] = []
+    for subject, events, consents in rows(subjects, events_per_subject):
+        s_rows.append(subject)
+        e_rows.extend(events)
+        c_rows.extend(consents)
+        if len(e_rows) >= batch:
+            yield s_rows, e_rows, c_rows
+            s_rows, e_rows, c_rows = [], [], []
+    if s_rows:
+        yield s_rows, e_rows, c_rows
+
+
+def _seed_sqlite(path: str, subjects: int, events_per_subject: int, batch: int) -> None:
+    def text(value: Any) -> Any:
+        if isinstance(value, datetime):  # as SQLAlchemy stores a naive UTC DATETIME
+            return (
+                value.astimezone(UTC)
+                .replace(tzinfo=None)
+                .isoformat(sep=" ", timespec="microseconds")
+            )
+        if isinstance(value, uuid.UUID):
+            return value.hex
+        return value
+
+    connection = sqlite3.connect(path)
+    try:
+        for s_rows, e_rows, c_rows in _chunks(subjects, events_per_subject, batch):
+            with connection:
+                for table, columns, values in (
+                    ("subject", SUBJECT_COLUMNS, s_rows),
+                    ("consent_event", EVENT_COLUMNS, e_rows),
+                    ("consent", CONSENT_COLUMNS, c_rows),
+                ):
+                    marks = ", ".join("?" * len(columns))
+                    connection.executemany(
+                        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
+                        ([text(v) for v in row] for row in values),
+                    )
+    finally:
+        connection.close()
+
+
+async def _seed_postgres(url: str, subjects: int, events_per_subject: int, batch: int) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        for s_rows, e_rows, c_rows in _chunks(subjects, events_per_subject, batch):
+            async with connection.transaction():
+                for table, columns, values in (
+                    ("subject", SUBJECT_COLUMNS, s_rows),
+                    ("consent_event", EVENT_COLUMNS, e_rows),
+                    ("consent", CONSENT_COLUMNS, c_rows),
+                ):
+                    await connection.copy_records_to_table(
+                        table, records=[tuple(r) for r in values], columns=columns
+                    )
+        await connection.execute("ANALYZE")
+    finally:
+        await connection.close()
