@@ -29,6 +29,8 @@ from app.core.db import SQLITE_BUSY_TIMEOUT_MS, Database
 from app.core.errors import TRANSIENT_SQLSTATES, DatabaseUnavailable
 from app.policies.service import load_policies
 
+WAIT_SECONDS = 30  # for a connection, or for the statement: then a 503, as on the ORM's routes
+
 PG_LOOKUP = """
 SELECT
   (SELECT ROW(k.id, k.name, k.role, k.revoked_at, k.last_used_at)
@@ -101,15 +103,28 @@ class Lookup:
 
 
 def _unavailable(exc: Exception) -> Exception:
-    """Connection trouble (refused, dropped, too many clients, cancelled) is a 503 with
-    Retry-After, as on the ORM's routes; anything else is a bug and stays one."""
-    transient = getattr(exc, "sqlstate", None) in TRANSIENT_SQLSTATES
+    """The database out of reach (refused, dropped, restarting, too many clients, too slow) is a
+    503 with Retry-After, as on the ORM's routes; anything else is a bug and stays a 500."""
+    sqlstate = getattr(exc, "sqlstate", None) or ""
     if (
-        isinstance(exc, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError)
-        or transient
+        isinstance(
+            exc,
+            OSError
+            | TimeoutError
+            | asyncpg.PostgresConnectionError
+            | asyncpg.ConnectionDoesNotExistError,
+        )
+        or sqlstate.startswith(("08", "57P"))
+        or sqlstate in TRANSIENT_SQLSTATES
+        or (isinstance(exc, sqlite3.OperationalError) and _sqlite_transient(exc))
     ):
-        return DatabaseUnavailable(f"the database could not be reached: {type(exc).__name__}")
+        return DatabaseUnavailable("The database could not be reached or is busy; retry shortly.")
     return exc
+
+
+def _sqlite_transient(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("locked", "busy", "unable to open", "disk I/O"))
 
 
 def _instant(value: Any) -> datetime | None:
@@ -162,6 +177,7 @@ class HotPath:
         self._sqlite_all: list[Any] = []
         self._policies: tuple[int, Policies] | None = None
         self._starting = asyncio.Lock()
+        self._reloading = asyncio.Lock()
         self._started = False
 
     async def _start(self) -> None:
@@ -171,20 +187,25 @@ class HotPath:
                 try:
                     await self._open()
                 except Exception as exc:
-                    raise _unavailable(exc) from exc
+                    raise _unavailable(exc) from None
                 self._started = True
 
     async def _open(self) -> None:
         url = self.database.engine.url
         size = self.settings.database_pool_size
         if self.database.dialect == "postgresql":
-            dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+            # The connection arguments the ORM's engine uses (host, TLS, …), as asyncpg names them.
+            _args, options = self.database.engine.dialect.create_connect_args(url)
+            cache = options.pop("prepared_statement_cache_size", None)
+            if cache is not None:
+                options["statement_cache_size"] = cache
+            options.pop("async_creator_fn", None)
 
             async def keep(_connection: Any) -> None:
                 """Only single read-only statements run here: nothing to reset between uses,
                 so no round trip for it either."""
 
-            self._pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, reset=keep)
+            self._pool = await asyncpg.create_pool(min_size=1, max_size=size, reset=keep, **options)
         else:
             import aiosqlite
 
@@ -204,7 +225,7 @@ class HotPath:
     @asynccontextmanager
     async def _sqlite_connection(self) -> AsyncIterator[Any]:
         assert self._sqlite is not None
-        connection = await self._sqlite.get()
+        connection = await asyncio.wait_for(self._sqlite.get(), WAIT_SECONDS)
         try:
             yield connection
         finally:
@@ -223,29 +244,30 @@ class HotPath:
             await self._start()
         if self._pool is not None:
             try:
-                row = await self._pool.fetchrow(
-                    PG_LOOKUP, key_hash, subject_id, targets, purposes, device_id
-                )
+                async with self._pool.acquire(timeout=WAIT_SECONDS) as connection:
+                    row = await connection.fetchrow(
+                        PG_LOOKUP,
+                        key_hash,
+                        subject_id,
+                        targets,
+                        purposes,
+                        device_id,
+                        timeout=WAIT_SECONDS,
+                    )
             except Exception as exc:
-                raise _unavailable(exc) from exc
+                raise _unavailable(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
+            parameters = (key_hash, subject_id, json.dumps(targets), json.dumps(purposes))
             try:
                 async with self._sqlite_connection() as connection:
-                    cursor = await connection.execute(
-                        SQLITE_LOOKUP,
-                        (
-                            key_hash,
-                            subject_id,
-                            json.dumps(targets),
-                            json.dumps(purposes),
-                            device_id,
-                        ),
+                    # Fetched and closed in one step on the connection's thread: a cancelled
+                    # request cannot leave a cursor (and its old snapshot) open on it.
+                    [raw] = await connection.execute_fetchall(
+                        SQLITE_LOOKUP, (*parameters, device_id)
                     )
-                    raw = await cursor.fetchone()
-                    await cursor.close()
-            except sqlite3.OperationalError as exc:  # locked past the busy time-out, disk gone
-                raise DatabaseUnavailable(f"the database could not be read: {exc}") from exc
+            except Exception as exc:
+                raise _unavailable(exc) from None
             key = json.loads(raw[0]) if raw[0] else None
             subject = json.loads(raw[1]) if raw[1] else None
             consents, observations = json.loads(raw[2]), json.loads(raw[3])
@@ -267,9 +289,14 @@ class HotPath:
         cached = self._policies
         if cached is not None and cached[0] == count:
             return cached[1]
-        async with self.database.read_sessions() as session, session.begin():
-            policies = await load_policies(session)
-        # Read after the count: if a version was published in between, the next call sees a
-        # count that differs from the one stored here and loads again.
-        self._policies = (count, policies)
-        return policies
+        async with self._reloading:  # one reload at a time; the others then find it done
+            cached = self._policies
+            if cached is not None and cached[0] == count:
+                return cached[1]
+            async with self.database.read_sessions() as session, session.begin():
+                policies = await load_policies(session)
+            # Read after the count, so never older than it; a check that read an older count
+            # while this one reloaded does not put an older entry back.
+            if cached is None or count >= cached[0]:
+                self._policies = (count, policies)
+            return policies

@@ -134,3 +134,40 @@ async def test_connections_the_server_dropped_cost_at_most_a_503(
     statuses = [(await client.get("/v1/checks", params=params)).status_code for _ in range(12)]
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[-1] == 200
+
+
+async def test_every_way_of_stating_an_age_reads_the_same(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """Dates, stated ages and an erased child's child_until come back from the driver as the ORM
+    reads them (on SQLite: text, parsed here)."""
+    for n, attributes in enumerate(
+        ({"birth_date": "2016-03-04"}, {"age": 9}, {"birth_date": "1990-01-01"}, {"age": 40})
+    ):
+        sid = f"{subject_id}-{n}"
+        await set_consent(client, sid, *OPTIONAL, "given")
+        assert (await client.put(f"/v1/subjects/{sid}", json=attributes)).is_success
+        await both(app, client, sid)
+    erased = f"{subject_id}-0"
+    assert (await client.post(f"/v1/subjects/{erased}/cancellation", json={})).is_success
+    await both(app, client, erased)
+
+
+async def test_the_database_url_options_reach_the_driver(
+    app: FastAPI, database_url: str, backend: str, subject_id: str
+) -> None:
+    """TLS and other connection options in DATABASE_URL apply to the check's own pool too."""
+    if backend != "postgresql":
+        return
+    from app.checks.fast import HotPath
+    from app.core.db import Database
+
+    settings = app.state.settings.model_copy(update={"database_url": database_url + "?ssl=disable"})
+    database = Database(settings)
+    hot = HotPath(settings, database)
+    try:
+        found = await hot.lookup("0" * 64, subject_id, [OPTIONAL], None)
+        assert found.key is None
+    finally:
+        await hot.close()
+        await database.dispose()
