@@ -112,7 +112,9 @@ def _unavailable(exc: Exception) -> Exception:
             OSError
             | TimeoutError
             | asyncpg.PostgresConnectionError
-            | asyncpg.ConnectionDoesNotExistError,
+            | asyncpg.ConnectionDoesNotExistError
+            # What asyncpg raises on a pooled connection the server has just terminated.
+            | asyncpg.InternalClientError,
         )
         or sqlstate.startswith(("08", "57P"))
         or sqlstate in TRANSIENT_SQLSTATES
