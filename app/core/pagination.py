@@ -5,8 +5,9 @@ import binascii
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 from fastapi import Query
 from pydantic import BaseModel
@@ -97,3 +98,18 @@ def decode_cursor(cursor: str, *, expect: dict[str, type]) -> dict[str, Any]:
             errors=None,
         )
     return position
+
+
+class _Keyed(Protocol):
+    @property
+    def id(self) -> uuid.UUID: ...
+
+
+def after_id(cursor: str | None) -> uuid.UUID | None:
+    """The id a keyset-by-id page starts after (None: the first page)."""
+    return cursor_uuid(decode_cursor(cursor, expect={"id": str})["id"]) if cursor else None
+
+
+def next_id_cursor(rows: Sequence[_Keyed], size: int) -> str | None:
+    """For ``rows`` fetched with ``limit=size + 1``: the next page's cursor, if there is one."""
+    return encode_cursor({"id": str(rows[size - 1].id)}) if len(rows) > size else None

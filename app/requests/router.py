@@ -10,10 +10,9 @@ from app.core.idempotency import WritesDep
 from app.core.pagination import (
     CursorQuery,
     LimitQuery,
+    after_id,
     clamp_limit,
-    cursor_uuid,
-    decode_cursor,
-    encode_cursor,
+    next_id_cursor,
 )
 from app.core.schemas import SubjectId, SubjectIdPath
 from app.core.security import Principal, Scope, requires
@@ -59,14 +58,9 @@ def request_public(request: DataSubjectRequest) -> RequestPublic:
 
 
 def _page(rows: list[DataSubjectRequest], size: int) -> RequestList:
-    more = len(rows) > size
-    rows = rows[:size]
-    cursor = encode_cursor({"id": str(rows[-1].id)}) if more else None
-    return RequestList(items=[request_public(r) for r in rows], next_cursor=cursor)
-
-
-def _after(cursor: str | None) -> uuid.UUID | None:
-    return cursor_uuid(decode_cursor(cursor, expect={"id": str})["id"]) if cursor else None
+    return RequestList(
+        items=[request_public(r) for r in rows[:size]], next_cursor=next_id_cursor(rows, size)
+    )
 
 
 @subject_router.post(
@@ -113,7 +107,7 @@ async def list_subject_requests(
     async with session.begin():
         await get_subject(session, subject_id)
         rows = await service.list_requests(
-            session, subject_id=subject_id, limit=size + 1, after=_after(cursor)
+            session, subject_id=subject_id, limit=size + 1, after=after_id(cursor)
         )
     return _page(rows, size)
 
@@ -139,7 +133,7 @@ async def list_requests(
             type_=type,
             overdue=overdue,
             limit=size + 1,
-            after=_after(cursor),
+            after=after_id(cursor),
         )
     return _page(rows, size)
 

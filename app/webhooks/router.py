@@ -10,10 +10,9 @@ from app.core.idempotency import WritesDep
 from app.core.pagination import (
     CursorQuery,
     LimitQuery,
+    after_id,
     clamp_limit,
-    cursor_uuid,
-    decode_cursor,
-    encode_cursor,
+    next_id_cursor,
 )
 from app.core.schemas import SubjectId
 from app.core.security import Principal, Scope, requires
@@ -60,14 +59,6 @@ def delivery_public(message: WebhookMessage) -> DeliveryPublic:
     )
 
 
-def _after(cursor: str | None) -> uuid.UUID | None:
-    return cursor_uuid(decode_cursor(cursor, expect={"id": str})["id"]) if cursor else None
-
-
-def _next(rows: list, size: int) -> str | None:  # type: ignore[type-arg]
-    return encode_cursor({"id": str(rows[size - 1].id)}) if len(rows) > size else None
-
-
 @router.post(
     "",
     operation_id="recipients-create",
@@ -105,8 +96,10 @@ async def list_recipients(
 ) -> RecipientList:
     size = clamp_limit(limit)
     async with session.begin():
-        rows = list(await service.list_recipients(session, limit=size + 1, after=_after(cursor)))
-    return RecipientList(items=[_public(r) for r in rows[:size]], next_cursor=_next(rows, size))
+        rows = list(await service.list_recipients(session, limit=size + 1, after=after_id(cursor)))
+    return RecipientList(
+        items=[_public(r) for r in rows[:size]], next_cursor=next_id_cursor(rows, size)
+    )
 
 
 @router.get(
@@ -233,11 +226,11 @@ async def list_deliveries(
                 status=status,
                 subject_id=subject_id,
                 limit=size + 1,
-                after=_after(cursor),
+                after=after_id(cursor),
             )
         )
     return DeliveryList(
-        items=[delivery_public(m) for m in rows[:size]], next_cursor=_next(rows, size)
+        items=[delivery_public(m) for m in rows[:size]], next_cursor=next_id_cursor(rows, size)
     )
 
 
@@ -260,12 +253,12 @@ async def list_attempts(
     async with session.begin():
         rows = list(
             await service.list_attempts(
-                session, recipient_id, message_id=message_id, limit=size + 1, after=_after(cursor)
+                session, recipient_id, message_id=message_id, limit=size + 1, after=after_id(cursor)
             )
         )
     return AttemptList(
         items=[AttemptPublic.model_validate(a, from_attributes=True) for a in rows[:size]],
-        next_cursor=_next(rows, size),
+        next_cursor=next_id_cursor(rows, size),
     )
 
 
