@@ -147,14 +147,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     if not public_docs:
         _serve_openapi_to_callers(app)
-    # The check first: routes are matched in order, and it is the one called most.
+    # The hot paths first: routes are matched in order, and the check and the consent change
+    # are the ones called most.
     for router in (
         checks_router,
+        consents_router,
         health_router,
         auth_router,
         catalogue_router,
         subjects_router,
-        consents_router,
         policies_router,
         permissions_router,
         audit_router,

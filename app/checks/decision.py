@@ -100,6 +100,11 @@ class Policies:
     # (effective_at, version, purposes affected) of every material version
     material: tuple[tuple[datetime, str, frozenset[str]], ...] = ()
 
+    def current(self, at: datetime) -> str | None:
+        """The newest version in effect at ``at``."""
+        in_effect = [(when, version) for version, when in self.effective_at.items() if when <= at]
+        return max(in_effect)[1] if in_effect else None
+
     def superseded_by(self, version: str, purpose: str, at: datetime) -> str | None:
         """The material version in effect at ``at`` that superseded ``version`` for ``purpose``."""
         given_under = self.effective_at.get(version)

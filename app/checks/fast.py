@@ -13,12 +13,10 @@ uses; tests/api/test_hotpath.py holds this module to the ORM path on both databa
 
 import asyncio
 import json
-import sqlite3
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -26,10 +24,18 @@ import asyncpg  # type: ignore[import-untyped]
 from app.checks.decision import ConsentState, OsState, Policies
 from app.core.config import Settings
 from app.core.db import SQLITE_BUSY_TIMEOUT_MS, Database
-from app.core.errors import TRANSIENT_SQLSTATES, DatabaseUnavailable
+from app.core.driver import (
+    WAIT_SECONDS,
+    KeyRow,
+    SqliteWriter,
+    as_uuid,
+    day,
+    instant,
+    key_row,
+    unavailable,
+    when,
+)
 from app.policies.service import load_policies
-
-WAIT_SECONDS = 30  # for a connection, or for the statement: then a 503, as on the ORM's routes
 
 PG_LOOKUP = """
 SELECT
@@ -70,15 +76,6 @@ SELECT
 
 
 @dataclass(frozen=True, slots=True)
-class KeyRow:
-    id: uuid.UUID
-    name: str
-    role: str
-    revoked_at: datetime | None
-    last_used_at: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
 class SubjectRow:
     """The subject's attributes the decision reads (what ``app.subjects.age`` needs, too)."""
 
@@ -102,70 +99,18 @@ class Lookup:
     policies: Policies
 
 
-def _unavailable(exc: Exception) -> Exception:
-    """The database out of reach (refused, dropped, restarting, too many clients, too slow) is a
-    503 with Retry-After, as on the ORM's routes; anything else is a bug and stays a 500."""
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    if (
-        isinstance(
-            exc,
-            OSError
-            | TimeoutError
-            | asyncpg.PostgresConnectionError
-            | asyncpg.ConnectionDoesNotExistError
-            # What asyncpg raises on a pooled connection the server has just terminated.
-            | asyncpg.InternalClientError,
-        )
-        or sqlstate.startswith(("08", "57P"))
-        or sqlstate in TRANSIENT_SQLSTATES
-        or (isinstance(exc, sqlite3.OperationalError) and _sqlite_transient(exc))
-    ):
-        return DatabaseUnavailable("The database could not be reached or is busy; retry shortly.")
-    return exc
-
-
-def _sqlite_transient(exc: sqlite3.OperationalError) -> bool:
-    text = str(exc)
-    return any(s in text for s in ("locked", "busy", "unable to open", "disk I/O"))
-
-
-def _instant(value: Any) -> datetime | None:
-    """PostgreSQL gives aware datetimes; SQLite the text SQLAlchemy stored (naive UTC)."""
-    if value is None or isinstance(value, datetime):
-        return value
-    return datetime.fromisoformat(value).replace(tzinfo=UTC)
-
-
-def _when(value: Any) -> datetime:
-    instant = _instant(value)
-    assert instant is not None  # a NOT NULL column
-    return instant
-
-
-def _key(row: Sequence[Any]) -> KeyRow:
-    return KeyRow(_uuid(row[0]), row[1], row[2], _instant(row[3]), _instant(row[4]))
-
-
 def _subject(subject_id: str, row: Sequence[Any]) -> SubjectRow:
     return SubjectRow(
         subject_id,
         status=row[0],
         jurisdiction=row[1],
         birth_year=row[2],
-        birth_date=_day(row[3]),
+        birth_date=day(row[3]),
         age=row[4],
-        age_stated_at=_instant(row[5]),
-        guardian_verified_at=_instant(row[6]),
-        child_until=_day(row[7]),
+        age_stated_at=instant(row[5]),
+        guardian_verified_at=instant(row[6]),
+        child_until=day(row[7]),
     )
-
-
-def _day(value: Any) -> date | None:
-    return value if value is None or isinstance(value, date) else date.fromisoformat(value)
-
-
-def _uuid(value: Any) -> uuid.UUID:
-    return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
 class HotPath:
@@ -177,6 +122,7 @@ class HotPath:
         self._pool: Any = None  # asyncpg.Pool
         self._sqlite: asyncio.Queue[Any] | None = None  # idle aiosqlite connections
         self._sqlite_all: list[Any] = []
+        self._writer: SqliteWriter | None = None  # consent changes' connection
         self._policies: tuple[int, Policies] | None = None
         self._starting = asyncio.Lock()
         self._reloading = asyncio.Lock()
@@ -189,7 +135,7 @@ class HotPath:
                 try:
                     await self._open()
                 except Exception as exc:
-                    raise _unavailable(exc) from None
+                    raise unavailable(exc) from None
                 self._started = True
 
     async def _open(self) -> None:
@@ -203,14 +149,18 @@ class HotPath:
                 options["statement_cache_size"] = cache
             options.pop("async_creator_fn", None)
 
-            async def keep(_connection: Any) -> None:
-                """Only single read-only statements run here: nothing to reset between uses,
-                so no round trip for it either."""
+            async def keep(connection: Any) -> None:
+                """Only single statements and whole transactions run here: nothing to reset
+                between uses, so no round trip for it either, unless a cancelled request left
+                a transaction open."""
+                if connection.is_in_transaction():
+                    await connection.execute("ROLLBACK")
 
             self._pool = await asyncpg.create_pool(min_size=1, max_size=size, reset=keep, **options)
         else:
             import aiosqlite
 
+            self._writer = SqliteWriter(url.database or "")
             self._sqlite = asyncio.Queue()
             for _ in range(min(size, 4)):  # each is a thread; reads under WAL run side by side
                 connection = await aiosqlite.connect(url.database or "", isolation_level=None)
@@ -218,7 +168,36 @@ class HotPath:
                 self._sqlite_all.append(connection)
                 self._sqlite.put_nowait(connection)
 
+    @property
+    def dialect(self) -> str:
+        return self.database.dialect
+
+    async def postgres(self) -> Any:
+        """The asyncpg pool."""
+        if not self._started:
+            await self._start()
+        return self._pool
+
+    async def sqlite_writer(self) -> SqliteWriter:
+        if not self._started:
+            await self._start()
+        assert self._writer is not None
+        return self._writer
+
+    def cached_policies(self, count: int) -> Policies | None:
+        """The published versions, if the archive still holds ``count`` of them."""
+        cached = self._policies
+        return cached[1] if cached is not None and cached[0] == count else None
+
+    def remember_policies(self, count: int, policies: Policies) -> None:
+        """Keep what was read with the archive's row count, unless a newer entry is there."""
+        cached = self._policies
+        if cached is None or count >= cached[0]:
+            self._policies = (count, policies)
+
     async def close(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
         if self._pool is not None:
             await self._pool.close()
         for connection in self._sqlite_all:
@@ -257,7 +236,7 @@ class HotPath:
                         timeout=WAIT_SECONDS,
                     )
             except Exception as exc:
-                raise _unavailable(exc) from None
+                raise unavailable(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
             parameters = (key_hash, subject_id, json.dumps(targets), json.dumps(purposes))
@@ -269,36 +248,35 @@ class HotPath:
                         SQLITE_LOOKUP, (*parameters, device_id)
                     )
             except Exception as exc:
-                raise _unavailable(exc) from None
+                raise unavailable(exc) from None
             key = json.loads(raw[0]) if raw[0] else None
             subject = json.loads(raw[1]) if raw[1] else None
             consents, observations = json.loads(raw[2]), json.loads(raw[3])
             policy_count = raw[4]
         wanted = set(pairs)
         return Lookup(
-            key=_key(key) if key else None,
+            key=key_row(key) if key else None,
             subject=_subject(subject_id, subject) if subject else None,
             consents={
-                (c[0], c[1]): ConsentState(c[2], _uuid(c[3]), c[4], _when(c[5]), _instant(c[6]))
+                (c[0], c[1]): ConsentState(c[2], as_uuid(c[3]), c[4], when(c[5]), instant(c[6]))
                 for c in consents
                 if (c[0], c[1]) in wanted
             },
-            os={o[0]: OsState(o[1], _instant(o[2])) for o in observations} if device_id else {},
+            os={o[0]: OsState(o[1], instant(o[2])) for o in observations} if device_id else {},
             policies=await self._current_policies(policy_count),
         )
 
     async def _current_policies(self, count: int) -> Policies:
-        cached = self._policies
-        if cached is not None and cached[0] == count:
-            return cached[1]
+        cached = self.cached_policies(count)
+        if cached is not None:
+            return cached
         async with self._reloading:  # one reload at a time; the others then find it done
-            cached = self._policies
-            if cached is not None and cached[0] == count:
-                return cached[1]
+            cached = self.cached_policies(count)
+            if cached is not None:
+                return cached
             async with self.database.read_sessions() as session, session.begin():
                 policies = await load_policies(session)
             # Read after the count, so never older than it; a check that read an older count
             # while this one reloaded does not put an older entry back.
-            if cached is None or count >= cached[0]:
-                self._policies = (count, policies)
+            self.remember_policies(count, policies)
             return policies

@@ -10,7 +10,9 @@ ensure_ascii=False)`` prints. The README shows an auditor how to recompute it.
 
 import hashlib
 import json
-from dataclasses import dataclass
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
 from app.core.types import isoformat_z
@@ -38,7 +40,42 @@ HASHED_FIELDS = (
 )
 
 
-def hashed_fields(event: ConsentEvent) -> dict[str, Any]:
+@dataclass(slots=True)
+class NewEvent:
+    """An event about to be appended: a ConsentEvent row's columns, without the ORM's cost (the
+    consent writer stores it on the driver; ``record_events`` turns it into the row)."""
+
+    id: uuid.UUID
+    subject_id: str
+    seq: int
+    target_key: str
+    purpose_key: str
+    state: str
+    previous_state: str
+    actor: str
+    actor_id: str | None
+    source: str
+    policy_version: str
+    recorded_at: datetime
+    expires_at: datetime | None
+    evidence: dict[str, Any]
+    app_version: str | None
+    locale: str | None
+    reason: str | None
+    prev_hash: str
+    hash: str
+
+    def row(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in _COLUMNS}
+
+    def model(self) -> ConsentEvent:
+        return ConsentEvent(**self.row())
+
+
+_COLUMNS = tuple(f.name for f in fields(NewEvent))
+
+
+def hashed_fields(event: ConsentEvent | NewEvent) -> dict[str, Any]:
     """The fields the hash covers, in their canonical JSON types."""
     return {
         "id": str(event.id),
@@ -71,7 +108,7 @@ def canonical_hash(fields: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes({k: fields[k] for k in HASHED_FIELDS})).hexdigest()
 
 
-def event_hash(event: ConsentEvent) -> str:
+def event_hash(event: ConsentEvent | NewEvent) -> str:
     return canonical_hash(hashed_fields(event))
 
 

@@ -1,10 +1,12 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
+from app.catalogue.loader import Catalogue
 from app.catalogue.router import CatalogueDep
 from app.consents import events as events_service
 from app.consents import service
+from app.consents.fast import write_changes
 from app.consents.schemas import ConsentBatch, ConsentList, ConsentPublic, ConsentSet, EventPublic
 from app.consents.service import (
     GuardianConsentRequired,
@@ -14,18 +16,20 @@ from app.consents.service import (
     SeparateConsentRequired,
 )
 from app.core.config import SettingsDep
-from app.core.db import ReadSessionDep, WriteSessionDep
+from app.core.db import ReadSessionDep
 from app.core.errors import FieldError, InvalidInput, SubjectNotFound, problem_responses
-from app.core.idempotency import WritesDep
+from app.core.idempotency import IdempotencyKeyHeader
 from app.core.pagination import CursorQuery, LimitQuery, Page
 from app.core.schemas import CatalogueKey, InputInstant, SubjectIdPath
-from app.core.security import Principal, Scope, requires
+from app.core.security import CredentialDep, Principal, Scope, requires
 from app.subjects.service import SubjectCancelled
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"])
 
 ReadConsents = Annotated[Principal, requires(Scope.CONSENTS_READ)]
-WriteConsents = Annotated[Principal, requires(Scope.CONSENTS_WRITE)]
+# Writes are authenticated inside their own transaction (app.consents.fast): the credential is
+# parsed here, the key looked up there, and consents:write required of it.
+WriteCredential = CredentialDep
 
 WRITE_ERRORS = problem_responses(
     InvalidInput,
@@ -69,17 +73,16 @@ async def list_consents(
     responses=WRITE_ERRORS,
 )
 async def set_consent(
+    request: Request,
     subject_id: SubjectIdPath,
     target: CatalogueKey,
     purpose: CatalogueKey,
     payload: ConsentSet,
-    catalogue: CatalogueDep,
-    settings: SettingsDep,
-    session: WriteSessionDep,
-    principal: WriteConsents,
-    writes: WritesDep,
+    credential: WriteCredential,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Give, refuse or withdraw one consent. The subject is created if it does not exist."""
+    catalogue: Catalogue = request.app.state.catalogue
     change = service.validate_change(
         catalogue,
         target=target,
@@ -89,14 +92,9 @@ async def set_consent(
         evidence={},
         loc=("path",),
     )
-
-    async def work() -> tuple[int, ConsentPublic]:
-        [result] = await service.apply_changes(
-            session, principal, settings, subject_id, [change], payload
-        )
-        return 200, result
-
-    return await writes.run(payload, work)
+    return await write_changes(
+        request, credential, subject_id, [change], payload, idempotency_key, lambda items: items[0]
+    )
 
 
 @router.post(
@@ -106,16 +104,15 @@ async def set_consent(
     responses=WRITE_ERRORS,
 )
 async def set_consents(
+    request: Request,
     subject_id: SubjectIdPath,
     payload: ConsentBatch,
-    catalogue: CatalogueDep,
-    settings: SettingsDep,
-    session: WriteSessionDep,
-    principal: WriteConsents,
-    writes: WritesDep,
+    credential: WriteCredential,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Change many consents at once, atomically: one bad item and nothing is written; the error
     names the item (``errors[].loc``)."""
+    catalogue: Catalogue = request.app.state.catalogue
     changes: list[service.Change] = []
     seen: dict[tuple[str, str], int] = {}
     for i, item in enumerate(payload.changes):
@@ -139,14 +136,15 @@ async def set_consents(
                 loc=loc,
             )
         )
-
-    async def work() -> tuple[int, ConsentList]:
-        items = await service.apply_changes(
-            session, principal, settings, subject_id, changes, payload
-        )
-        return 200, ConsentList(subject_id=subject_id, as_of=None, items=items)
-
-    return await writes.run(payload, work)
+    return await write_changes(
+        request,
+        credential,
+        subject_id,
+        changes,
+        payload,
+        idempotency_key,
+        lambda items: ConsentList(subject_id=subject_id, as_of=None, items=items),
+    )
 
 
 @router.get(

@@ -1,17 +1,18 @@
 """Reading and changing consents. A change appends to the subject's hash-chained ledger and moves
 the current state in the same transaction; nothing here updates or deletes an event."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Catalogue, Pair
-from app.catalogue.service import current_policy_version, resolve_pair
+from app.catalogue.service import resolve_pair
 from app.checks.decision import ConsentState, Policies, SubjectFacts, decide
-from app.consents.ledger import event_hash
+from app.consents.ledger import NewEvent, event_hash
 from app.consents.schemas import ChangeContext, ConsentList, ConsentPublic
 from app.core.config import Settings
 from app.core.errors import Conflict, FieldError, InvalidInput
@@ -19,13 +20,8 @@ from app.core.security import Principal
 from app.core.types import utcnow, uuid7
 from app.models import Consent, ConsentEvent, Subject
 from app.policies.service import load_policies
-from app.subjects.age import is_child
-from app.subjects.service import (
-    get_subject,
-    latest_guardian,
-    lock_subject,
-    refuse_if_cancelled,
-)
+from app.subjects.age import AgeFacts, is_child
+from app.subjects.service import get_subject, refuse_if_cancelled
 from app.webhooks.outbox import announce_events
 
 
@@ -132,36 +128,44 @@ async def current_consents(
     return {(row.target_key, row.purpose_key): row for row in await session.exec(statement)}
 
 
-async def record_events(
-    session: AsyncSession,
-    subject: Subject,
-    current: dict[tuple[str, str], Consent],
-    specs: Sequence[EventSpec],
-) -> datetime:
-    """Append one event per spec to the subject's chain and move the current state with it.
+class LedgerHead(Protocol):
+    """The head of a subject's chain: a Subject row, or the consent writer's row."""
 
-    Withdrawals and revocations are announced to the recipients relying on them (the outbox).
-    The caller holds the subject's lock (``lock_subject``) and owns the transaction. Returns the
-    instant recorded: one for the whole call, never earlier than the subject's last event, so the
-    ledger's time order agrees with its sequence even if two workers' clocks disagree.
+    @property
+    def id(self) -> str: ...
+    @property
+    def last_seq(self) -> int: ...
+    @property
+    def head_hash(self) -> str: ...
+    @property
+    def last_event_at(self) -> datetime | None: ...
+
+
+def chain_events(
+    subject: LedgerHead, previous: Mapping[tuple[str, str], str], specs: Sequence[EventSpec]
+) -> list[NewEvent]:
+    """One event per spec, linked to the subject's chain (``previous``: each pair's state now).
+
+    All carry one instant, never earlier than the subject's last event, so the ledger's time
+    order agrees with its sequence even if two workers' clocks disagree.
     """
     now = utcnow()
     if subject.last_event_at is not None and subject.last_event_at > now:
         now = subject.last_event_at
     seq, prev_hash = subject.last_seq, subject.head_hash
-    events: list[ConsentEvent] = []
+    states = dict(previous)
+    events: list[NewEvent] = []
     for spec in specs:
-        target, purpose = spec.target, spec.purpose
-        row = current.get((target, purpose))
+        key = (spec.target, spec.purpose)
         seq += 1
-        event = ConsentEvent(
+        event = NewEvent(
             id=uuid7(),
             subject_id=subject.id,
             seq=seq,
-            target_key=target,
-            purpose_key=purpose,
+            target_key=spec.target,
+            purpose_key=spec.purpose,
             state=spec.state,
-            previous_state=row.state if row else "not_asked",
+            previous_state=states.get(key, "not_asked"),
             actor=spec.actor,
             actor_id=spec.actor_id,
             source=spec.source,
@@ -176,8 +180,25 @@ async def record_events(
             hash="",
         )
         event.hash = prev_hash = event_hash(event)
+        states[key] = spec.state
         events.append(event)
-    session.add_all(events)
+    return events
+
+
+async def record_events(
+    session: AsyncSession,
+    subject: Subject,
+    current: dict[tuple[str, str], Consent],
+    specs: Sequence[EventSpec],
+) -> datetime:
+    """Append one event per spec to the subject's chain and move the current state with it.
+
+    Withdrawals and revocations are announced to the recipients relying on them (the outbox).
+    The caller holds the subject's lock (``lock_subject``) and owns the transaction. Returns the
+    instant recorded.
+    """
+    events = chain_events(subject, {key: row.state for key, row in current.items()}, specs)
+    session.add_all([event.model() for event in events])
     await session.flush()  # events first: the consent rows refer to them
     await announce_events(session, events)  # the outbox commits or rolls back with them
 
@@ -202,21 +223,22 @@ async def record_events(
             row.recorded_at = event.recorded_at
             row.expires_at = event.expires_at
         session.add(row)
-    subject.last_seq, subject.head_hash, subject.last_event_at = seq, prev_hash, now
+    head = events[-1]
+    subject.last_seq, subject.head_hash = head.seq, head.hash
+    subject.last_event_at = head.recorded_at
     subject.updated_at = utcnow()
     session.add(subject)
     await session.flush()
-    return now
+    return head.recorded_at
 
 
-async def _policy_version_for(
-    session: AsyncSession, context: ChangeContext, changes: Sequence[Change], policies: Policies
+def _policy_version_for(
+    context: ChangeContext, changes: Sequence[Change], policies: Policies, now: datetime
 ) -> str:
     """The version the changes are made under: the named one, or the current one. A named
     version must be in effect, and no material change may have superseded it for a purpose
     being given (409, naming the current version)."""
-    now = utcnow()
-    current = await current_policy_version(session)
+    current = policies.current(now)
     if current is None:
         raise Conflict("no policy version is in effect yet; publish one first")
     if context.policy_version is None:
@@ -251,19 +273,9 @@ async def _policy_version_for(
     return version
 
 
-async def apply_changes(
-    session: AsyncSession,
-    principal: Principal,
-    settings: Settings,
-    subject_id: str,
-    changes: Sequence[Change],
-    context: ChangeContext,
-) -> list[ConsentPublic]:
-    """Append one event per change and move the current state; all or nothing.
-
-    Runs inside the caller's transaction. Conflicts are collected over the whole request so the
-    error names every item that cannot be written.
-    """
+def check_changes(changes: Sequence[Change], context: ChangeContext) -> None:
+    """What can be refused from the request alone: a necessary purpose (not consent-based), and
+    a separate consent without the dedicated prompt it needs."""
     necessary = [c for c in changes if c.pair.necessary]
     if necessary:
         raise NotConsentBased(
@@ -289,20 +301,54 @@ async def apply_changes(
                 for c in unprompted
             ],
         )
-    policies = await load_policies(session)
-    policy_version = await _policy_version_for(session, context, changes, policies)
 
-    subject = await lock_subject(session, subject_id)
+
+class WritableSubject(LedgerHead, AgeFacts, Protocol):
+    """What a consent change reads of its (locked) subject."""
+
+    @property
+    def status(self) -> str: ...
+    @property
+    def guardian_verified_at(self) -> datetime | None: ...
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A checked change, ready to store: its events (in chain order) and the answer."""
+
+    events: list[NewEvent]
+    items: list[ConsentPublic]
+
+
+def plan_changes(
+    principal: Principal,
+    settings: Settings,
+    subject: WritableSubject,
+    guardian_ref: str | None,
+    current: Mapping[tuple[str, str], ConsentState],
+    policies: Policies,
+    changes: Sequence[Change],
+    context: ChangeContext,
+) -> Planned:
+    """Every rule of a consent change, on what was read under the subject's lock: the policy
+    version, a cancelled account, a child's guardian, what can be withdrawn, the validity limit.
+    Conflicts are collected over the whole request, so the error names every item that cannot
+    be written; nothing is stored unless the whole request passes (``check_changes`` first).
+
+    ``guardian_ref``: the latest verified guardian on file, if any.
+    """
+    now = utcnow()
+    policy_version = _policy_version_for(context, changes, policies, now)
     refuse_if_cancelled(subject, "consents cannot change")
-    child = is_child(subject, settings, utcnow())
-    guardian = await latest_guardian(session, subject_id) if child else None
+    child = is_child(subject, settings, now)
+    guardian = guardian_ref if child else None
     grants = [c for c in changes if c.state == "given"]
     if child and grants and (guardian is None or principal.subject_id is not None):
         raise GuardianConsentRequired(
-            f"subject {subject_id!r} is a child in {subject.jurisdiction}: "
+            f"subject {subject.id!r} is a child in {subject.jurisdiction}: "
             + (
                 "an optional consent needs a verified guardian on file first "
-                f"(POST /v1/subjects/{subject_id}/guardian-consents)"
+                f"(POST /v1/subjects/{subject.id}/guardian-consents)"
                 if guardian is None
                 else "only the guardian gives consent for a child, through the app's backend, "
                 "not with the child's own subject token"
@@ -311,12 +357,10 @@ async def apply_changes(
         )
 
     keys = [(c.pair.target.key, c.pair.purpose.key) for c in changes]
-    current = await current_consents(session, subject_id, keys)
     not_given = [
         c
-        for c in changes
-        if c.state == "withdrawn"
-        and getattr(current.get((c.pair.target.key, c.pair.purpose.key)), "state", None) != "given"
+        for c, key in zip(changes, keys, strict=True)
+        if c.state == "withdrawn" and getattr(current.get(key), "state", None) != "given"
     ]
     if not_given:
         raise NothingToWithdraw(
@@ -328,14 +372,13 @@ async def apply_changes(
 
     recorded_by = _recorded_by(principal)
     if guardian is not None and principal.subject_id is None:  # the guardian acts for the child
-        actor, actor_id = "guardian", guardian.guardian_ref
+        actor, actor_id = "guardian", guardian
         recorded_by = {"recorded_by": f"{principal.actor}:{principal.name}"}
     else:
         actor, actor_id = principal.actor, principal.name
-    now = utcnow()
     specs = []
-    for change in changes:
-        previous = current.get((change.pair.target.key, change.pair.purpose.key))
+    for change, key in zip(changes, keys, strict=True):
+        previous = current.get(key)
         expires_at = change.expires_at
         validity = change.pair.purpose.validity_days
         if change.state == "given" and validity is not None:
@@ -344,8 +387,8 @@ async def apply_changes(
         renewal = change.state == "given" and previous is not None and previous.state == "given"
         specs.append(
             EventSpec(
-                target=change.pair.target.key,
-                purpose=change.pair.purpose.key,
+                target=key[0],
+                purpose=key[1],
                 state=change.state,
                 expires_at=expires_at,
                 evidence={**context.evidence, **change.evidence, **recorded_by},
@@ -358,13 +401,18 @@ async def apply_changes(
                 locale=context.locale,
             )
         )
-    at = await record_events(session, subject, current, specs)
+    events = chain_events(subject, {key: state.state for key, state in current.items()}, specs)
+    at = events[-1].recorded_at
     facts = SubjectFacts(child=child, guardian_since=subject.guardian_verified_at)
-    pairs = {(c.pair.target.key, c.pair.purpose.key): c.pair for c in changes}
-    return [
-        _public(pairs[key], _state(current[key]), facts, policies, at, settings)
-        for key in dict.fromkeys(keys)
-    ]
+    pairs = dict(zip(keys, (c.pair for c in changes), strict=True))
+    return Planned(
+        events=events,
+        items=[_public(pairs[_key(e)], _state(e), facts, policies, at, settings) for e in events],
+    )
+
+
+def _key(event: NewEvent) -> tuple[str, str]:
+    return (event.target_key, event.purpose_key)
 
 
 async def revoke_unbacked(session: AsyncSession, settings: Settings, subject: Subject) -> int:
@@ -410,7 +458,7 @@ def _item_error(change: Change, msg: str, type_: str) -> FieldError:
     return FieldError(loc=list(change.loc), msg=msg, type=type_)
 
 
-def _state(row: Consent | ConsentEvent) -> ConsentState:
+def _state(row: Consent | ConsentEvent | NewEvent) -> ConsentState:
     return ConsentState(
         state=row.state,
         event_id=row.event_id if isinstance(row, Consent) else row.id,

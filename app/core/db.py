@@ -122,15 +122,17 @@ async def upsert(
     index_elements: Sequence[str],
     *,
     update: bool = True,
+    update_columns: Sequence[str] | None = None,
 ) -> None:
-    """INSERT ... ON CONFLICT on either database: update the other columns, or do nothing."""
+    """INSERT ... ON CONFLICT on either database: update the other columns (or only
+    ``update_columns``), or do nothing."""
     if not rows:
         return
     table = model.__table__  # type: ignore[attr-defined]
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     statement = insert(table).values(list(rows))
-    others = [c for c in rows[0] if c not in index_elements]
+    others = list(update_columns or [c for c in rows[0] if c not in index_elements])
     if update and others:
         statement = statement.on_conflict_do_update(
             index_elements=list(index_elements),

@@ -81,7 +81,7 @@ class IdempotentWrite:
                     await _serialise_on_key(session, scope, key)
                     record = await session.get(IdempotencyRecord, (scope, key))
                     if record is not None and record.created_at > utcnow() - self.retention:
-                        return _replay(record, print_)
+                        return replay(record, print_)
                     if record is not None:  # expired: forget it, the key is free again
                         await session.delete(record)
                         await session.flush()
@@ -104,8 +104,8 @@ class IdempotentWrite:
                 record = await session.get(IdempotencyRecord, (scope, key))
             if record is None:
                 raise
-            return _replay(record, print_)
-        return _json(status, body)
+            return replay(record, print_)
+        return json_response(status, body)
 
 
 async def _serialise_on_key(session: AsyncSession, scope: str, key: str) -> None:
@@ -135,18 +135,18 @@ async def get_idempotent_write(
 WritesDep = Annotated[IdempotentWrite, Depends(get_idempotent_write)]
 
 
-def _replay(record: IdempotencyRecord, print_: str) -> Response:
+def replay(record: IdempotencyRecord, print_: str) -> Response:
     if record.fingerprint != print_:
         raise InvalidInput(
             "this Idempotency-Key was already used with a different request; "
             "use a new key for a new request"
         )
-    response = _json(record.status_code, record.response_body)
+    response = json_response(record.status_code, record.response_body)
     response.headers[REPLAY_HEADER] = "true"
     return response
 
 
-def _json(status: int, body: str) -> Response:
+def json_response(status: int, body: str) -> Response:
     return Response(content=body, status_code=status, media_type="application/json")
 
 

@@ -248,7 +248,8 @@ def mint_subject_token(
     return jwt.encode(claims, secret, algorithm=TOKEN_ALGORITHM), expires_at
 
 
-async def _token_principal(database: Database, secret: str, token: str) -> Principal:
+def decode_subject_token(secret: str, token: str) -> tuple[str, str]:
+    """The subject a token reaches and the name of the key that minted it, or a 401."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token,
@@ -266,7 +267,11 @@ async def _token_principal(database: Database, secret: str, token: str) -> Princ
     subject_id, issued_by = claims["sub"], claims["azp"]
     if not isinstance(subject_id, str) or not isinstance(issued_by, str):
         raise Unauthenticated("The subject token is malformed.")
-    issuer = await _find_key(database, ApiKey.name, issued_by)
+    return subject_id, issued_by
+
+
+def token_principal(subject_id: str, issuer: KeyFacts | None) -> Principal:
+    """The caller behind a valid subject token, given the key that minted it (found by name)."""
     if issuer is None or issuer.revoked_at is not None:
         raise Unauthenticated("The key that issued this subject token has been revoked.")
     return Principal(
@@ -276,6 +281,11 @@ async def _token_principal(database: Database, secret: str, token: str) -> Princ
         subject_id=subject_id,
         issued_by=f"{issuer.role}:{issuer.name}",
     )
+
+
+async def _token_principal(database: Database, secret: str, token: str) -> Principal:
+    subject_id, issued_by = decode_subject_token(secret, token)
+    return token_principal(subject_id, await _find_key(database, ApiKey.name, issued_by))
 
 
 # --- the dependencies ------------------------------------------------------------------------
@@ -306,6 +316,47 @@ async def authenticate(
 PrincipalDep = Annotated[Principal, Depends(authenticate)]
 
 
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the route can tell of the caller without the database: the key row to look for
+    (an API key by its digest; a subject token's issuer by name) and a token's subject."""
+
+    column: Literal["key_hash", "name"]
+    value: str
+    subject_id: str | None = None  # a subject token's
+
+    def principal(self, database: Database, key: KeyFacts | None) -> Principal:
+        if self.subject_id is None:
+            return key_principal(database, key)
+        return token_principal(self.subject_id, key)
+
+    def idempotency_scope(self, key: KeyFacts | None) -> str | None:
+        """``Principal.idempotency_scope``, as far as it is known before the key row."""
+        if self.subject_id is not None:
+            return "subject:" + hashlib.sha256(self.subject_id.encode()).hexdigest()
+        return None if key is None else f"{key.role}:{key.name}"
+
+
+async def get_credential(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Credential:
+    """For routes that look the key up in their own statement (the hot paths): everything that
+    needs no database, a 401 for no credential or a bad token."""
+    if credentials is None:
+        raise Unauthenticated(
+            "This route needs a credential: send Authorization: Bearer <API key or subject token>."
+        )
+    credential = credentials.credentials
+    if credential.startswith(KEY_PREFIX):
+        return Credential("key_hash", hash_api_key(credential))
+    subject_id, issued_by = decode_subject_token(request.app.state.signing_secret, credential)
+    return Credential("name", issued_by, subject_id)
+
+
+CredentialDep = Annotated[Credential, Depends(get_credential)]
+
+
 def require_scope(principal: Principal, scope: Scope) -> None:
     if scope not in principal.scopes:
         raise Forbidden(
@@ -313,6 +364,17 @@ def require_scope(principal: Principal, scope: Scope) -> None:
             "does not have.",
             missing_scope=scope.value,
         )
+
+
+def authorize(principal: Principal, scope: Scope, subject_id: str | None) -> None:
+    """403 without ``scope``; for a subject token, 404 for any subject but its own (as if that
+    subject did not exist, so a token cannot probe who else is a user)."""
+    require_scope(principal, scope)
+    if principal.subject_id is not None and scope not in _UNBOUND_SCOPES:
+        if subject_id is None:
+            raise Forbidden("A subject token reaches only its own subject's routes.")
+        if subject_id != principal.subject_id:
+            raise SubjectNotFound(f"no subject {subject_id!r}")
 
 
 def requires(scope: Scope) -> Any:
@@ -323,13 +385,7 @@ def requires(scope: Scope) -> Any:
     """
 
     async def dependency(request: Request, principal: PrincipalDep) -> Principal:
-        require_scope(principal, scope)
-        if principal.subject_id is not None and scope not in _UNBOUND_SCOPES:
-            subject_id = request.path_params.get("subject_id")
-            if subject_id is None:
-                raise Forbidden("A subject token reaches only its own subject's routes.")
-            if subject_id != principal.subject_id:
-                raise SubjectNotFound(f"no subject {subject_id!r}")
+        authorize(principal, scope, request.path_params.get("subject_id"))
         return principal
 
     dependency.__name__ = f"requires_{scope.name.lower()}"

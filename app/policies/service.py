@@ -1,7 +1,10 @@
 """The policy archive: publish a version (never change one), read any version ever published,
 and the view of them the decision needs."""
 
-from datetime import timedelta
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
@@ -37,6 +40,9 @@ async def _serialise_publishing(session: AsyncSession) -> None:
         await session.exec(select(func.pg_advisory_xact_lock(PUBLISH_LOCK)))
 
 
+POLICY_ROWS = "SELECT version, effective_at, material, affected_purposes FROM policy_version"
+
+
 async def load_policies(session: AsyncSession) -> Policies:
     """Every version's effective time, and the material changes: one small read."""
     rows = (
@@ -46,17 +52,38 @@ async def load_policies(session: AsyncSession) -> Policies:
                 PolicyVersion.effective_at,
                 PolicyVersion.material,
                 PolicyVersion.affected_purposes,
-            ).order_by(col(PolicyVersion.effective_at))
+            )
         )
     ).all()
+    return policies_from_rows(rows)
+
+
+def policies_from_rows(rows: Iterable[Sequence[Any]]) -> Policies:
+    """``rows``: (version, effective_at, material, affected purposes) as ``POLICY_ROWS`` reads
+    them, from the ORM or straight from a driver (instants as text, JSON as text on SQLite)."""
+    versions = sorted(
+        (
+            _instant(effective_at),
+            version,
+            bool(material),
+            json.loads(purposes) if isinstance(purposes, str) else purposes,
+        )
+        for version, effective_at, material, purposes in rows
+    )
     return Policies(
-        effective_at={version: effective_at for version, effective_at, _, _ in rows},
+        effective_at={version: effective_at for effective_at, version, _, _ in versions},
         material=tuple(
             (effective_at, version, frozenset(purposes))
-            for version, effective_at, material, purposes in rows
+            for effective_at, version, material, purposes in versions
             if material
         ),
     )
+
+
+def _instant(value: datetime | str) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 async def list_policies(session: AsyncSession) -> list[PolicyVersion]:

@@ -1,5 +1,7 @@
 """Subjects: created on first write, read or 404, and locked as the head of their ledger."""
 
+from typing import Protocol
+
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -16,7 +18,14 @@ class SubjectCancelled(Conflict):
     title = "Account cancelled"
 
 
-def refuse_if_cancelled(subject: Subject, what: str) -> None:
+class _Status(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+
+
+def refuse_if_cancelled(subject: _Status, what: str) -> None:
     if subject.status == "cancelled":
         raise SubjectCancelled(f"subject {subject.id!r} cancelled the account; {what}")
 
@@ -31,8 +40,11 @@ async def get_subject(session: AsyncSession, subject_id: str) -> Subject:
 async def lock_subject(session: AsyncSession, subject_id: str) -> Subject:
     """Create the subject if it does not exist, then lock its row for this transaction.
 
-    Every write to a subject's ledger goes through here, so writers to one subject queue up on
-    this row (PostgreSQL ``FOR UPDATE``; on SQLite the transaction already holds the write lock).
+    Every write to a subject goes through here, so writers to one subject queue up on this row
+    (PostgreSQL's row lock; on SQLite the transaction already holds the write lock). The lock is
+    taken by writing the row (``updated_at``), so that it is a new version of the row even for a
+    writer that changes nothing else on it: the consent writer (``app.consents.fast``) writes only
+    if the row is still the version it read.
     """
     now = utcnow()
     await upsert(
@@ -40,7 +52,7 @@ async def lock_subject(session: AsyncSession, subject_id: str) -> Subject:
         Subject,
         [{"id": subject_id, "created_at": now, "updated_at": now}],
         ["id"],
-        update=False,
+        update_columns=["updated_at"],
     )
     statement = (
         select(Subject)

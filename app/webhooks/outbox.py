@@ -9,14 +9,16 @@ What a recipient is told:
   a purpose necessary for the contract.
 """
 
+import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Catalogue
+from app.consents.ledger import NewEvent
 from app.core.types import isoformat_z, utcnow
 from app.models import ConsentEvent, Recipient, WebhookMessage
 
@@ -25,7 +27,18 @@ ERASURE = "subject.erasure_requested"
 EVENT_TYPES = (*STOP_TYPES.values(), ERASURE)
 
 
-def relies_on(recipient: Recipient, target: str, purpose: str) -> bool:
+class Relying(Protocol):
+    """A recipient as the outbox needs it: a Recipient row, or the consent writer's row."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def targets(self) -> list[str] | None: ...
+    @property
+    def purposes(self) -> list[str] | None: ...
+
+
+def relies_on(recipient: Relying, target: str, purpose: str) -> bool:
     return (recipient.targets is None or target in recipient.targets) and (
         recipient.purposes is None or purpose in recipient.purposes
     )
@@ -38,7 +51,7 @@ async def recipients(session: AsyncSession) -> list[Recipient]:
 
 
 def _message(
-    recipient: Recipient, subject_id: str, type_: str, data: dict[str, Any], now: datetime
+    recipient: Relying, subject_id: str, type_: str, data: dict[str, Any], now: datetime
 ) -> WebhookMessage:
     return WebhookMessage(
         recipient_id=recipient.id,
@@ -52,14 +65,12 @@ def _message(
     )
 
 
-async def announce_events(session: AsyncSession, events: Sequence[ConsentEvent]) -> int:
+def stop_messages(
+    events: Sequence[NewEvent], recipients: Sequence[Relying]
+) -> list[WebhookMessage]:
     """One message per (withdrawal or revocation, recipient relying on its pair)."""
-    stops = [e for e in events if e.state in STOP_TYPES]
-    if not stops:
-        return 0
-    told = await recipients(session)
     now = utcnow()
-    messages = [
+    return [
         _message(
             recipient,
             event.subject_id,
@@ -77,10 +88,18 @@ async def announce_events(session: AsyncSession, events: Sequence[ConsentEvent])
             },
             now,
         )
-        for event in stops
-        for recipient in told
+        for event in events
+        if event.state in STOP_TYPES
+        for recipient in recipients
         if relies_on(recipient, event.target_key, event.purpose_key)
     ]
+
+
+async def announce_events(session: AsyncSession, events: Sequence[NewEvent]) -> int:
+    """The stop messages of ``events``, written in the caller's transaction."""
+    if not any(e.state in STOP_TYPES for e in events):
+        return 0
+    messages = stop_messages(events, await recipients(session))
     session.add_all(messages)
     await session.flush()
     return len(messages)

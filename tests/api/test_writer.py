@@ -1,0 +1,169 @@
+"""Consent changes on the driver (app.consents.fast). On PostgreSQL a change is read and planned
+without a lock and written only if the subject's row is still the version read; these tests put
+another writer in between and check that the change is then planned again on what that writer
+left, as if it had come second. (On SQLite the write lock is held from the read to the commit, so
+nothing can come in between.)"""
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.consents import fast
+from tests.api.test_chain import recompute
+from tests.factories import OPTIONAL, OPTIONAL_2, all_events, set_consent
+
+
+@pytest.fixture
+def between(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[Callable[[], Awaitable[None]]], list[int]]:
+    """``between(work)``: run ``work`` once, after the next change was read and planned and before
+    it is written. Returns a list that gets one item per write attempt."""
+    if backend == "sqlite":
+        pytest.skip("SQLite's write lock is held from the read to the commit")
+
+    def install(work: Callable[[], Awaitable[None]]) -> list[int]:
+        original = fast._Postgres._write
+        attempts: list[int] = []
+        inside = False  # the writes of ``work`` itself pass straight through
+
+        async def interleaved(self: Any, connection: Any, stored: Any) -> bool:
+            nonlocal inside
+            if not inside:
+                attempts.append(1)
+                if len(attempts) == 1:
+                    inside = True
+                    try:
+                        await work()
+                    finally:
+                        inside = False
+            return await original(self, connection, stored)
+
+        monkeypatch.setattr(fast._Postgres, "_write", interleaved)
+        return attempts
+
+    return install
+
+
+def _url(subject_id: str, pair: tuple[str, str]) -> str:
+    return f"/v1/subjects/{subject_id}/consents/{pair[0]}/{pair[1]}"
+
+
+async def test_a_change_to_a_subject_cancelled_meanwhile_is_refused(
+    client: httpx.AsyncClient, subject_id: str, between: Any
+) -> None:
+    await set_consent(client, subject_id, *OPTIONAL_2, "given")
+
+    async def cancel() -> None:
+        response = await client.post(f"/v1/subjects/{subject_id}/cancellation", json={})
+        assert response.status_code == 200, response.text
+
+    attempts = between(cancel)
+    response = await client.put(_url(subject_id, OPTIONAL), json={"state": "given"})
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("subject-cancelled")
+    assert len(attempts) == 1  # planned again under the lock, and refused there
+
+    events = await all_events(client, subject_id)
+    recompute(events)
+    assert [(e["target"], e["state"]) for e in events] == [
+        (OPTIONAL_2[0], "given"),
+        (OPTIONAL_2[0], "withdrawn"),  # by the cancellation; nothing of the refused change
+    ]
+
+
+async def test_a_withdrawal_of_a_consent_withdrawn_meanwhile_is_refused(
+    client: httpx.AsyncClient, subject_id: str, between: Any
+) -> None:
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+
+    async def withdraw() -> None:
+        await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+
+    between(withdraw)
+    response = await client.put(_url(subject_id, OPTIONAL), json={"state": "withdrawn"})
+    assert response.status_code == 409, response.text
+    assert response.json()["type"].endswith("nothing-to-withdraw")
+    events = await all_events(client, subject_id)
+    recompute(events)
+    assert [e["state"] for e in events] == ["given", "withdrawn"]
+
+
+async def test_a_change_after_another_one_meanwhile_links_to_it(
+    client: httpx.AsyncClient, subject_id: str, between: Any
+) -> None:
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+
+    async def refuse_the_other() -> None:
+        await set_consent(client, subject_id, *OPTIONAL_2, "refused")
+
+    attempts = between(refuse_the_other)
+    response = await client.put(_url(subject_id, OPTIONAL), json={"state": "withdrawn"})
+    assert response.status_code == 200, response.text
+    assert len(attempts) == 2  # the first write found the subject moved, the second held
+    events = await all_events(client, subject_id)
+    recompute(events)
+    assert [(e["target"], e["state"], e["previous_state"]) for e in events] == [
+        (OPTIONAL[0], "given", "not_asked"),
+        (OPTIONAL_2[0], "refused", "not_asked"),
+        (OPTIONAL[0], "withdrawn", "given"),
+    ]
+    listing = await client.get(f"/v1/subjects/{subject_id}/consents")
+    states = {(i["target"], i["purpose"]): i["state"] for i in listing.json()["items"]}
+    assert states[OPTIONAL] == "withdrawn"
+    assert states[OPTIONAL_2] == "refused"
+
+
+async def test_a_new_subject_created_meanwhile_is_written_once(
+    client: httpx.AsyncClient, subject_id: str, between: Any
+) -> None:
+    async def first() -> None:
+        await set_consent(client, subject_id, *OPTIONAL_2, "given")
+
+    between(first)
+    response = await client.put(_url(subject_id, OPTIONAL), json={"state": "given"})
+    assert response.status_code == 200, response.text
+    events = await all_events(client, subject_id)
+    recompute(events)
+    assert [e["target"] for e in events] == [OPTIONAL_2[0], OPTIONAL[0]]
+
+
+async def test_an_idempotency_key_used_meanwhile_for_another_request_is_a_422(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str, between: Any
+) -> None:
+    key = {"Idempotency-Key": "k-race"}
+
+    async def use_the_key() -> None:
+        other = await client.put(
+            _url(f"{subject_id}-other", OPTIONAL), json={"state": "given"}, headers=key
+        )
+        assert other.status_code == 200, other.text
+
+    between(use_the_key)
+    response = await client.put(_url(subject_id, OPTIONAL), json={"state": "given"}, headers=key)
+    assert response.status_code == 422, response.text
+    assert "already used" in response.json()["detail"]
+    events = await client.get(f"/v1/subjects/{subject_id}/events")
+    assert events.status_code == 404  # nothing written, not even the subject
+
+
+async def test_a_retry_that_raced_the_first_request_replays_it(
+    client: httpx.AsyncClient, subject_id: str, between: Any
+) -> None:
+    key = {"Idempotency-Key": "k-retry"}
+    first: list[httpx.Response] = []
+
+    async def the_first_request() -> None:
+        first.append(
+            await client.put(_url(subject_id, OPTIONAL), json={"state": "given"}, headers=key)
+        )
+
+    between(the_first_request)
+    retry = await client.put(_url(subject_id, OPTIONAL), json={"state": "given"}, headers=key)
+    assert first[0].status_code == retry.status_code == 200
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.json() == first[0].json()
+    assert len(await all_events(client, subject_id)) == 1
