@@ -17,6 +17,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import load_catalogue
 from app.catalogue.service import sync_catalogue
+from app.models import Recipient
+from app.webhooks.signing import new_secret
 
 # (target, purpose) pairs each subject consents to; the check benchmarks ask about the first.
 PAIRS = [
@@ -84,9 +86,24 @@ CONSENT_COLUMNS = [
 
 
 async def _catalogue(url: str) -> None:
+    """The catalogue, and one recipient relying on every pair, so that every withdrawal writes
+    an outbox message; it is disabled (a processor paused for maintenance), so nothing is sent
+    and its messages wait."""
     engine = create_async_engine(url)
     async with AsyncSession(engine) as session, session.begin():
         await sync_catalogue(session, load_catalogue())
+        session.add(
+            Recipient(
+                name="bench-paused-processor",
+                kind="processor",
+                url="https://processor.invalid/webhooks",
+                secret=new_secret(),
+                created_at=START,
+                created_by="bench",
+                updated_at=START,
+                disabled_at=START,
+            )
+        )
     await engine.dispose()
 
 
