@@ -28,6 +28,7 @@ from app.core.driver import (
     WAIT_SECONDS,
     KeyRow,
     SqliteWriter,
+    acquire,
     as_uuid,
     day,
     instant,
@@ -206,7 +207,10 @@ class HotPath:
     @asynccontextmanager
     async def _sqlite_connection(self) -> AsyncIterator[Any]:
         assert self._sqlite is not None
-        connection = await asyncio.wait_for(self._sqlite.get(), WAIT_SECONDS)
+        try:
+            connection = self._sqlite.get_nowait()
+        except asyncio.QueueEmpty:
+            connection = await asyncio.wait_for(self._sqlite.get(), WAIT_SECONDS)
         try:
             yield connection
         finally:
@@ -225,7 +229,7 @@ class HotPath:
             await self._start()
         if self._pool is not None:
             try:
-                async with self._pool.acquire(timeout=WAIT_SECONDS) as connection:
+                async with acquire(self._pool) as connection:
                     row = await connection.fetchrow(
                         PG_LOOKUP,
                         key_hash,

@@ -3,7 +3,7 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.checks.decision import Reason
-from app.core.schemas import CatalogueKey, Instant, SubjectId
+from app.core.schemas import SUBJECT_ID_DESCRIPTION, CatalogueKey, Instant, SubjectId
 from app.permissions.schemas import DeviceId
 
 
@@ -12,6 +12,17 @@ class CheckItem(BaseModel):
 
     target: CatalogueKey
     purpose: CatalogueKey
+
+
+class CheckQuery(BaseModel):
+    """The query of ``GET /v1/checks``."""
+
+    subject_id: SubjectId = Field(description=SUBJECT_ID_DESCRIPTION)
+    target: CatalogueKey
+    purpose: CatalogueKey
+    device_id: DeviceId | None = Field(
+        default=None, description="As in POST /v1/checks: permission targets then need an OS state."
+    )
 
 
 class CheckRequest(BaseModel):

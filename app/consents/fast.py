@@ -50,6 +50,7 @@ from app.core.driver import (
     WAIT_SECONDS,
     KeyRow,
     Row,
+    acquire,
     as_uuid,
     day,
     instant,
@@ -380,7 +381,7 @@ class _Postgres(_Writer):
     async def run(self, plan: Callable[[Facts], Stored]) -> Stored:
         pool = await self.hot.postgres()
         try:
-            async with pool.acquire(timeout=WAIT_SECONDS) as connection:
+            async with acquire(pool) as connection:
                 with contextlib.suppress(asyncpg.UniqueViolationError):
                     stored = plan(await self._read(connection))
                     if await self._write(connection, stored):

@@ -1,10 +1,19 @@
 """Field types shared by the request and response schemas of every domain."""
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qsl
 
-from fastapi import Path
-from pydantic import AfterValidator, AwareDatetime, PlainSerializer, StringConstraints
+from fastapi import Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    PlainSerializer,
+    StringConstraints,
+    ValidationError,
+)
 
 from app.core.types import isoformat_z
 
@@ -51,3 +60,33 @@ def _in_utc(value: datetime) -> datetime:
 
 # An instant a client sends: it must carry a time zone; it is converted to UTC.
 InputInstant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_query(request: Request, model: type[M]) -> M:
+    """The query string as ``model``, for a route that reads it itself (a hot path): parsed as
+    Starlette parses it (the last of repeated names wins, blank values kept), errors as FastAPI
+    reports them (a 422 whose ``loc`` starts with ``query``)."""
+    pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
+    try:
+        return model.model_validate(dict(pairs))
+    except ValidationError as exc:
+        errors = [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
+        raise RequestValidationError(errors) from None
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """The OpenAPI ``parameters`` of a query read with ``read_query``."""
+    schema = model.model_json_schema()
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field in schema["properties"].items():
+        field = {k: v for k, v in field.items() if k != "title"}
+        description = field.pop("description", None)
+        parameter = {"name": name, "in": "query", "required": name in required, "schema": field}
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters

@@ -171,3 +171,32 @@ async def test_the_database_url_options_reach_the_driver(
     finally:
         await hot.close()
         await database.dispose()
+
+
+async def test_the_single_check_validates_its_query_as_declared(client: httpx.AsyncClient) -> None:
+    """GET /v1/checks reads its query itself (BENCHMARKS.md): same rules, same errors."""
+    missing = await client.get("/v1/checks", params={"subject_id": "s", "target": "gender"})
+    assert missing.status_code == 422
+    assert missing.json()["errors"] == [
+        {"loc": ["query", "purpose"], "msg": "Field required", "type": "missing"}
+    ]
+    bad = await client.get(
+        "/v1/checks",
+        params={"subject_id": "a\x07b", "target": "", "purpose": "x" * 65, "device_id": ""},
+    )
+    assert bad.status_code == 422
+    assert [e["loc"] for e in bad.json()["errors"]] == [
+        ["query", "subject_id"],
+        ["query", "target"],
+        ["query", "purpose"],
+        ["query", "device_id"],
+    ]
+    unknown = await client.get(
+        "/v1/checks", params={"subject_id": "s", "target": "gender", "purpose": "nope"}
+    )
+    assert unknown.status_code == 422
+    assert unknown.json()["errors"][0]["loc"][0] == "query"
+    anonymous = await client.get(
+        "/v1/checks", params={"subject_id": "s"}, headers={"Authorization": ""}
+    )
+    assert anonymous.status_code == 401  # the credential before the query, as on every route
