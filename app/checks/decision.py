@@ -27,7 +27,7 @@ change it (``settings_required``).
 """
 
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -160,18 +160,22 @@ def decide(
     if reason is None and pair.target.kind == "permission" and device and os_state not in OS_ALLOWS:
         reason = "os_denied"
     allowed = reason is None or reason == "necessary"
-    decision = Decision(
-        target=pair.target.key,
-        purpose=pair.purpose.key,
-        allowed=allowed,
-        reason=reason or "consent_given",
-        state=state,
-        event_id=consent.event_id if consent and reason != "necessary" else None,
-        policy_version=consent.policy_version if consent and reason != "necessary" else None,
+    reason = reason or "consent_given"
+    advice = (
+        _prompt_advice(allowed, reason, consent, subject, os, at, prompt_cooldown)
+        if pair.target.kind == "permission"
+        else (None, None, None)
     )
-    if pair.target.kind != "permission":
-        return decision
-    return _with_prompt_advice(decision, consent, subject, os, at, prompt_cooldown)
+    return Decision(
+        pair.target.key,
+        pair.purpose.key,
+        allowed,
+        reason,
+        state,
+        consent.event_id if consent and reason != "necessary" else None,
+        consent.policy_version if consent and reason != "necessary" else None,
+        *advice,
+    )
 
 
 def _reason(
@@ -200,29 +204,26 @@ def _reason(
     return None
 
 
-def _with_prompt_advice(
-    decision: Decision,
+def _prompt_advice(
+    allowed: bool,
+    reason: Reason,
     consent: ConsentState | None,
     subject: SubjectFacts,
     os: OsState | None,
     at: datetime,
     cooldown: timedelta,
-) -> Decision:
-    """No prompt when it is pointless (already allowed), forbidden (a cancelled account, a child
-    with no guardian on file), or only the system settings can help; none within ``cooldown`` of
-    the user's last refusal of this target for this purpose, in the app's dialog or the OS's."""
-    if decision.allowed or decision.reason in _NO_PROMPT or subject.unguarded_child:
-        return replace(decision, may_prompt=False, settings_required=False)
+) -> tuple[bool, datetime | None, bool]:
+    """``may_prompt``, ``next_prompt_after``, ``settings_required`` for a permission. No prompt
+    when it is pointless (already allowed), forbidden (a cancelled account, a child with no
+    guardian on file), or only the system settings can help; none within ``cooldown`` of the
+    user's last refusal of this target for this purpose, in the app's dialog or the OS's."""
+    if allowed or reason in _NO_PROMPT or subject.unguarded_child:
+        return False, None, False
     if os is not None and os.state in OS_SETTINGS_ONLY:
-        return replace(decision, may_prompt=False, settings_required=True)
+        return False, None, True
     refusals = [os.last_denied_at] if os is not None and os.last_denied_at is not None else []
     if consent is not None and consent.state in ("refused", "withdrawn"):
         refusals.append(consent.recorded_at)
     if refusals and at < max(refusals) + cooldown:
-        return replace(
-            decision,
-            may_prompt=False,
-            next_prompt_after=max(refusals) + cooldown,
-            settings_required=False,
-        )
-    return replace(decision, may_prompt=True, settings_required=False)
+        return False, max(refusals) + cooldown, False
+    return True, None, False

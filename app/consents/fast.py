@@ -11,9 +11,9 @@ ORM: the write half of the hot path. A change is
 
 On PostgreSQL, optimistically: the read is one statement and the store is one statement (each its
 own transaction, so two round trips in all), and the store writes only if the subject's row is
-still the version that was read (``xmin``). Every other writer to a subject writes that row when
-it takes the subject's lock (``lock_subject``), and every ledger append moves it, so an unchanged
-row means that nothing the plan rests on has changed. If it has, the change is read and planned
+still the version that was read (``xmin``). Every writer of what a plan rests on (the ledger,
+the attributes, guardians, the account's status) writes that row when it takes the subject's
+lock (``lock_subject``), so an unchanged row means that nothing the plan rests on has changed. If it has, the change is read and planned
 again in a transaction under the subject's row lock, queued behind the other writers. A response
 remembered meanwhile under the same ``Idempotency-Key`` breaks the record's primary key, which
 undoes the whole statement; the change is then read again and answered from it.
@@ -26,7 +26,6 @@ fact) through ``record_events``, which shares ``chain_events`` and ``stop_messag
 tests/api/test_writer.py puts other writers between the read and the store.
 """
 
-import contextlib
 import json
 import sqlite3
 import uuid
@@ -133,7 +132,6 @@ async def write_changes(
 ) -> Response:
     """Authenticate, check, append and answer, all in one transaction; or replay the answer a
     retry with the same ``Idempotency-Key`` got. ``respond`` shapes the body from the items."""
-    check_changes(changes, context)
     state = request.app.state
     hot: HotPath = state.hot_path
     settings: Settings = state.settings
@@ -152,6 +150,7 @@ async def write_changes(
             if remembered.created_at > now - retention:
                 raise _Replay(replay(remembered, print_))
             expired = (principal.idempotency_scope, idempotency_key, remembered.created_at)
+        check_changes(changes, context)  # in the order of every other route: after the above
         planned = plan_changes(
             principal,
             settings,
@@ -382,10 +381,14 @@ class _Postgres(_Writer):
         pool = await self.hot.postgres()
         try:
             async with acquire(pool) as connection:
-                with contextlib.suppress(asyncpg.UniqueViolationError):
+                try:
                     stored = plan(await self._read(connection))
-                    if await self._write(connection, stored):
+                    # A response past its retention is forgotten in the same transaction as
+                    # the change that replaces it: under the lock, below.
+                    if stored.expired is None and await self._write(connection, stored):
                         return stored
+                except asyncpg.UniqueViolationError as exc:
+                    _raise_unless_remembered(exc)
                 # The subject changed since it was read: queue up for its lock, as every other
                 # writer to it does, and read and plan again under it.
                 for _ in range(ATTEMPTS):
@@ -396,8 +399,8 @@ class _Postgres(_Writer):
                             stored = plan(await self._read(connection))
                             if await self._write(connection, stored):
                                 return stored
-                    except asyncpg.UniqueViolationError:
-                        continue  # a response remembered under the key meanwhile: read it
+                    except asyncpg.UniqueViolationError as exc:
+                        _raise_unless_remembered(exc)
         except _Replay:
             raise
         except Exception as exc:
@@ -458,6 +461,13 @@ class _Postgres(_Writer):
         return bool(moved)
 
 
+def _raise_unless_remembered(exc: asyncpg.UniqueViolationError) -> None:
+    """A response remembered under the key meanwhile: read again, and answer from it. Any other
+    duplicate is a bug, not a race."""
+    if exc.constraint_name != IdempotencyRecord.__table__.primary_key.name:  # type: ignore[attr-defined]
+        raise exc
+
+
 CONSENT_KEY = ("subject_id", "target_key", "purpose_key")
 
 # --- SQLite ------------------------------------------------------------------------------------
@@ -481,12 +491,14 @@ class _Sqlite(_Writer):
 
     def _read(self, connection: sqlite3.Connection) -> Facts:
         credential, subject_id = self.credential, self.subject_id
-        connection.execute("BEGIN IMMEDIATE")  # the database's write lock, held to the end
         key = connection.execute(
             "SELECT id, name, role, revoked_at, last_used_at FROM api_key "  # noqa: S608
             f"WHERE {credential.column} = ?",  # a column name of ours
             (credential.value,),
         ).fetchone()
+        if key is None or key[3] is not None:  # no such key, or revoked: a 401 without the lock
+            return self.facts(key, None, None, (), Policies(), (), None)
+        connection.execute("BEGIN IMMEDIATE")  # the database's write lock, held to the end
         subject = connection.execute(_SQLITE_SUBJECT, (subject_id,)).fetchone()
         if subject is None:
             sqlite_insert(connection, "subject", [row_of(self.new_subject())])
@@ -528,9 +540,7 @@ class _Sqlite(_Writer):
         head = stored.planned.events[-1]
         sqlite_insert(connection, "consent_event", [e.row() for e in stored.planned.events])
         sqlite_insert(connection, "webhook_message", stored.messages)
-        sqlite_insert(
-            connection, "consent", stored.consents, ("subject_id", "target_key", "purpose_key")
-        )
+        sqlite_insert(connection, "consent", stored.consents, CONSENT_KEY)
         if stored.record is not None:
             sqlite_insert(connection, "idempotency_record", [stored.record], ("principal", "key"))
         connection.execute(

@@ -27,9 +27,8 @@ from app.subjects.service import SubjectCancelled
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"])
 
 ReadConsents = Annotated[Principal, requires(Scope.CONSENTS_READ)]
-# Writes are authenticated inside their own transaction (app.consents.fast): the credential is
-# parsed here, the key looked up there, and consents:write required of it.
-WriteCredential = CredentialDep
+# Consent changes are authenticated by their own read (app.consents.fast): the credential is
+# parsed by CredentialDep, the key looked up there, and consents:write required of it.
 
 WRITE_ERRORS = problem_responses(
     InvalidInput,
@@ -78,7 +77,7 @@ async def set_consent(
     target: CatalogueKey,
     purpose: CatalogueKey,
     payload: ConsentSet,
-    credential: WriteCredential,
+    credential: CredentialDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Give, refuse or withdraw one consent. The subject is created if it does not exist."""
@@ -107,7 +106,7 @@ async def set_consents(
     request: Request,
     subject_id: SubjectIdPath,
     payload: ConsentBatch,
-    credential: WriteCredential,
+    credential: CredentialDep,
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Change many consents at once, atomically: one bad item and nothing is written; the error

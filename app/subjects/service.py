@@ -40,7 +40,8 @@ async def get_subject(session: AsyncSession, subject_id: str) -> Subject:
 async def lock_subject(session: AsyncSession, subject_id: str) -> Subject:
     """Create the subject if it does not exist, then lock its row for this transaction.
 
-    Every write to a subject goes through here, so writers to one subject queue up on this row
+    Every writer of what a consent change rests on (the ledger, the attributes, guardians, the
+    account's status) goes through here, so writers to one subject queue up on this row
     (PostgreSQL's row lock; on SQLite the transaction already holds the write lock). The lock is
     taken by writing the row (``updated_at``), so that it is a new version of the row even for a
     writer that changes nothing else on it: the consent writer (``app.consents.fast``) writes only
@@ -79,16 +80,6 @@ async def put_subject(
     session.add(subject)
     await session.flush()
     return subject, created
-
-
-async def latest_guardian(session: AsyncSession, subject_id: str) -> GuardianConsent | None:
-    statement = (
-        select(GuardianConsent)
-        .where(GuardianConsent.subject_id == subject_id)
-        .order_by(col(GuardianConsent.recorded_at).desc())
-        .limit(1)
-    )
-    return (await session.exec(statement)).first()
 
 
 async def list_guardians(session: AsyncSession, subject_id: str) -> list[GuardianConsent]:

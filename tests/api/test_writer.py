@@ -4,6 +4,8 @@ another writer in between and check that the change is then planned again on wha
 left, as if it had come second. (On SQLite the write lock is held from the read to the commit, so
 nothing can come in between.)"""
 
+import asyncio
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,8 +14,9 @@ import pytest
 from fastapi import FastAPI
 
 from app.consents import fast
+from app.core.config import Settings
 from tests.api.test_chain import recompute
-from tests.factories import OPTIONAL, OPTIONAL_2, all_events, set_consent
+from tests.factories import OPTIONAL, OPTIONAL_2, all_events, auth, set_consent
 
 
 @pytest.fixture
@@ -167,3 +170,26 @@ async def test_a_retry_that_raced_the_first_request_replays_it(
     assert retry.headers["idempotent-replayed"] == "true"
     assert retry.json() == first[0].json()
     assert len(await all_events(client, subject_id)) == 1
+
+
+async def test_an_unknown_key_is_refused_without_taking_the_write_lock(
+    backend: str, settings: Settings, client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """On SQLite the write lock is the whole database's: a stranger must not get to hold it."""
+    if backend != "sqlite":
+        pytest.skip("PostgreSQL takes no lock before the key is checked")
+    other_writer = sqlite3.connect(settings.database_url.split(":///", 1)[1], isolation_level=None)
+    other_writer.execute("BEGIN IMMEDIATE")
+    try:
+        response = await asyncio.wait_for(
+            client.put(
+                _url(subject_id, OPTIONAL),
+                json={"state": "given"},
+                headers=auth("clk_" + "x" * 43),
+            ),
+            5,  # it would wait for the lock (the busy time-out is 30 s)
+        )
+        assert response.status_code == 401
+    finally:
+        other_writer.execute("ROLLBACK")
+        other_writer.close()
