@@ -13,13 +13,15 @@ On PostgreSQL, optimistically: the read is one statement and the store is one st
 own transaction, so two round trips in all), and the store writes only if the subject's row is
 still the version that was read (``xmin``). Every writer of what a plan rests on (the ledger,
 the attributes, guardians, the account's status) writes that row when it takes the subject's
-lock (``lock_subject``), so an unchanged row means that nothing the plan rests on has changed. If it has, the change is read and planned
-again in a transaction under the subject's row lock, queued behind the other writers. A response
-remembered meanwhile under the same ``Idempotency-Key`` breaks the record's primary key, which
-undoes the whole statement; the change is then read again and answered from it.
+lock (``lock_subject``), so an unchanged row means that nothing the plan rests on has changed.
+If it has, the change is read and planned again in a transaction under the subject's row lock,
+queued behind the other writers. A response remembered meanwhile under the same
+``Idempotency-Key`` breaks the record's primary key, which undoes the whole statement; the change
+is then read again and answered from it.
 
-On SQLite, the database's write lock is taken first (``BEGIN IMMEDIATE``) and held to the commit:
-the reads run in one hop to the writer thread, the store and the commit in another.
+On SQLite, the database's write lock is taken once the key is found (``BEGIN IMMEDIATE``) and
+held to the commit: the reads run in one hop to the writer thread, the store and the commit in
+another.
 
 The ORM still writes the ledger everywhere else (cancellations, erasure, a child found after the
 fact) through ``record_events``, which shares ``chain_events`` and ``stop_messages`` with this.

@@ -200,3 +200,37 @@ async def test_the_single_check_validates_its_query_as_declared(client: httpx.As
         "/v1/checks", params={"subject_id": "s"}, headers={"Authorization": ""}
     )
     assert anonymous.status_code == 401  # the credential before the query, as on every route
+
+
+async def test_the_batch_check_reads_its_body_as_fastapi_would(
+    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    """POST /v1/checks reads its body itself (BENCHMARKS.md): same order, same errors."""
+    json_type = {"content-type": "application/json"}
+    malformed = await anonymous.post("/v1/checks", content=b'{"subject_id": ', headers=json_type)
+    assert malformed.status_code == 400  # the body's JSON before the credential
+    assert malformed.json()["type"].endswith("malformed-json")
+    assert (await anonymous.post("/v1/checks", json={})).status_code == 401
+    empty = await client.post("/v1/checks")
+    assert empty.status_code == 422
+    assert empty.json()["errors"][0]["loc"] == ["body"]
+    as_text = await client.post(
+        "/v1/checks",
+        content=b'{"subject_id": "s", "items": []}',
+        headers={"content-type": "text/plain"},
+    )
+    assert as_text.status_code == 422
+    invalid = await client.post(
+        "/v1/checks", json={"subject_id": "s", "items": [{"target": "gender"}], "extra": 1}
+    )
+    assert invalid.status_code == 422
+    assert sorted(e["loc"] for e in invalid.json()["errors"]) == [
+        ["body", "extra"],
+        ["body", "items", 0, "purpose"],
+    ]
+    typed = await client.post(
+        "/v1/checks",
+        content=b'{"subject_id": "s", "items": [{"target": "gender", "purpose": "service_improvement"}]}',
+        headers={"content-type": "application/merge-patch+json; charset=utf-8"},
+    )
+    assert typed.status_code == 200, typed.text
