@@ -2,13 +2,15 @@
 replaces on the routes (app.checks.service): the same decisions in every state a subject can be
 in, on both databases; and nothing it caches can serve a stale allow."""
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from app.checks import service
-from app.checks.router import _json
+from app.checks.router import _json, direct_routes
 from tests.api.test_rules import CAMERA, GUARDIAN, publish
 from tests.factories import KEYS, NECESSARY, OPTIONAL, OPTIONAL_2, auth, check, set_consent
 
@@ -173,7 +175,22 @@ async def test_the_database_url_options_reach_the_driver(
         await database.dispose()
 
 
-async def test_the_single_check_validates_its_query_as_declared(client: httpx.AsyncClient) -> None:
+@pytest.fixture(params=["direct", "fastapi"])
+def served(request: pytest.FixtureRequest, app: FastAPI) -> Iterator[str]:
+    """The checks as served (app.checks.router.direct_routes), and as FastAPI itself would serve
+    the same endpoints: the two must answer alike."""
+    if request.param == "fastapi":
+        routes = app.router.routes
+        app.router.routes = [r for r in routes if r not in direct_routes]
+        yield request.param
+        app.router.routes = routes
+    else:
+        yield request.param
+
+
+async def test_the_single_check_validates_its_query_as_declared(
+    served: str, client: httpx.AsyncClient
+) -> None:
     """GET /v1/checks reads its query itself (BENCHMARKS.md): same rules, same errors."""
     missing = await client.get("/v1/checks", params={"subject_id": "s", "target": "gender"})
     assert missing.status_code == 422
@@ -203,7 +220,7 @@ async def test_the_single_check_validates_its_query_as_declared(client: httpx.As
 
 
 async def test_the_batch_check_reads_its_body_as_fastapi_would(
-    client: httpx.AsyncClient, anonymous: httpx.AsyncClient
+    served: str, client: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     """POST /v1/checks reads its body itself (BENCHMARKS.md): same order, same errors."""
     json_type = {"content-type": "application/json"}
