@@ -177,7 +177,8 @@ def lua_batch(subjects: int, pairs: list[tuple[str, str]]) -> str:
 
 def lua_writes(first: int, per_thread: int, idempotent: bool) -> str:
     """Each request withdraws the seeded `gender` consent of a subject no other request uses."""
-    key = 'wrk.headers["idempotency-key"] = "bench-" .. id .. "-" .. n' if idempotent else ""
+    # One key per subject: unique across every run of the harness on one database.
+    key = 'wrk.headers["idempotency-key"] = "bench-" .. sid' if idempotent else ""
     return textwrap.dedent(f"""
         local threads = 0
         setup = function(thread) thread:set("id", threads); threads = threads + 1 end
@@ -187,8 +188,8 @@ def lua_writes(first: int, per_thread: int, idempotent: bool) -> str:
         wrk.body = '{{"state":"withdrawn"}}'
         request = function()
           n = n + 1
-          {key}
           local sid = string.format("bench-%08d", {first} + id * {per_thread} + n)
+          {key}
           return wrk.format(nil, "/v1/subjects/" .. sid .. "/consents/gender/service_improvement")
         end
     """)
