@@ -178,7 +178,7 @@ async def write_changes(
             subject=facts.subject,
             planned=planned,
             body=body,
-            messages=[row_of(m) for m in stop_messages(planned.events, facts.recipients)],
+            messages=stop_messages(planned.events, facts.recipients),
             consents=[
                 {
                     "subject_id": e.subject_id,

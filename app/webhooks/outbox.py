@@ -19,7 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Catalogue
 from app.consents.ledger import NewEvent
-from app.core.types import isoformat_z, utcnow
+from app.core.types import isoformat_z, utcnow, uuid7
 from app.models import ConsentEvent, Recipient, WebhookMessage
 
 STOP_TYPES = {"withdrawn": "consent.withdrawn", "revoked": "consent.revoked"}
@@ -52,23 +52,30 @@ async def recipients(session: AsyncSession) -> list[Recipient]:
 
 def _message(
     recipient: Relying, subject_id: str, type_: str, data: dict[str, Any], now: datetime
-) -> WebhookMessage:
-    return WebhookMessage(
-        recipient_id=recipient.id,
-        subject_id=subject_id,
-        type=type_,
-        payload={"type": type_, "timestamp": isoformat_z(now), "data": data},
-        created_at=now,
-        status="pending",
-        next_attempt_at=now,
-        retry_from=now,
-    )
+) -> dict[str, Any]:
+    """A new message's row, every column (the consent writer stores it without the ORM)."""
+    return {
+        "id": uuid7(),
+        "recipient_id": recipient.id,
+        "subject_id": subject_id,
+        "type": type_,
+        "payload": {"type": type_, "timestamp": isoformat_z(now), "data": data},
+        "created_at": now,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "retry_from": now,
+        "claimed_by": None,
+        "claimed_until": None,
+        "delivered_at": None,
+        "last_error": None,
+    }
 
 
 def stop_messages(
     events: Sequence[NewEvent], recipients: Sequence[Relying]
-) -> list[WebhookMessage]:
-    """One message per (withdrawal or revocation, recipient relying on its pair)."""
+) -> list[dict[str, Any]]:
+    """One message (its row) per (withdrawal or revocation, recipient relying on its pair)."""
     now = utcnow()
     return [
         _message(
@@ -99,7 +106,7 @@ async def announce_events(session: AsyncSession, events: Sequence[NewEvent]) -> 
     """The stop messages of ``events``, written in the caller's transaction."""
     if not any(e.state in STOP_TYPES for e in events):
         return 0
-    messages = stop_messages(events, await recipients(session))
+    messages = [WebhookMessage(**row) for row in stop_messages(events, await recipients(session))]
     session.add_all(messages)
     await session.flush()
     return len(messages)
@@ -134,7 +141,7 @@ async def announce_erasure(
         "requested_at": isoformat_z(now),
     }
     messages = [
-        _message(recipient, subject_id, ERASURE, data, now)
+        WebhookMessage(**_message(recipient, subject_id, ERASURE, data, now))
         for recipient in await recipients(session)
         if any(relies_on(recipient, target, purpose) for target, purpose in pairs)
     ]
