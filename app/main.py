@@ -19,8 +19,9 @@ from app.catalogue.loader import load_catalogue
 from app.catalogue.router import router as catalogue_router
 from app.catalogue.service import sync_catalogue
 from app.checks.fast import HotPath
-from app.checks.router import direct_routes
+from app.checks.router import direct_routes as checks_direct
 from app.checks.router import router as checks_router
+from app.consents.router import direct_routes as consents_direct
 from app.consents.router import router as consents_router
 from app.core.config import Settings, get_settings
 from app.core.db import Database
@@ -166,8 +167,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_router,
     ):
         app.include_router(router)
-    # The checks, served by plain Starlette routes ahead of the others (app.checks.router).
-    app.router.routes[:0] = direct_routes
+    # The hot paths, the checks and the consent changes, served by plain Starlette routes ahead
+    # of the others (app.checks.router, app.consents.router).
+    app.state.direct_routes = [*checks_direct, *consents_direct]
+    app.router.routes[:0] = app.state.direct_routes
     return app
 
 

@@ -157,3 +157,16 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture
 def subject_id() -> str:
     return f"user-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=["direct", "fastapi"])
+def served(request: pytest.FixtureRequest, app: FastAPI) -> Iterator[str]:
+    """The hot paths as served (plain Starlette routes, ``app.state.direct_routes``), and as
+    FastAPI itself would serve the same endpoints: the two must answer alike."""
+    if request.param == "fastapi":
+        routes = app.router.routes
+        app.router.routes = [r for r in routes if r not in app.state.direct_routes]
+        yield request.param
+        app.router.routes = routes
+    else:
+        yield request.param

@@ -40,6 +40,7 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 from fastapi import Request, Response
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from app.checks.decision import ConsentState, Policies
 from app.checks.fast import HotPath, SubjectRow
@@ -366,16 +367,9 @@ _PG_FORGET = """DELETE FROM idempotency_record
 
 
 def _records(rows: Sequence[Row]) -> str:
-    """Rows as ``json_populate_recordset`` reads them: one object per row, keyed by column."""
-    return json.dumps(rows, default=_jsonable)
-
-
-def _jsonable(value: object) -> str:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} in a row")
+    """Rows as ``json_populate_recordset`` reads them: one object per row, keyed by column
+    (UUIDs as text, instants in ISO 8601 with their offset; pydantic-core writes them)."""
+    return to_json(rows).decode()
 
 
 class _Postgres(_Writer):

@@ -1,6 +1,9 @@
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+from starlette.routing import Route
 
 from app.catalogue.loader import Catalogue
 from app.catalogue.router import CatalogueDep
@@ -18,13 +21,22 @@ from app.consents.service import (
 from app.core.config import SettingsDep
 from app.core.db import ReadSessionDep
 from app.core.errors import FieldError, InvalidInput, SubjectNotFound, problem_responses
-from app.core.idempotency import IdempotencyKeyHeader
+from app.core.idempotency import IdempotencyKey, IdempotencyKeyHeader
 from app.core.pagination import CursorQuery, LimitQuery, Page
-from app.core.schemas import CatalogueKey, InputInstant, SubjectIdPath
-from app.core.security import CredentialDep, Principal, Scope, requires
+from app.core.schemas import (
+    CatalogueKey,
+    InputInstant,
+    Parsed,
+    SubjectId,
+    SubjectIdPath,
+    read_body,
+    read_params,
+)
+from app.core.security import CredentialDep, Principal, Scope, bearer, get_credential, requires
 from app.subjects.service import SubjectCancelled
 
 router = APIRouter(prefix="/v1/subjects/{subject_id}", tags=["consents"])
+M = TypeVar("M", bound=BaseModel)
 
 ReadConsents = Annotated[Principal, requires(Scope.CONSENTS_READ)]
 # Consent changes are authenticated by their own read (app.consents.fast): the credential is
@@ -162,3 +174,61 @@ async def list_events(
     """The subject's ledger, oldest first."""
     async with session.begin():
         return await events_service.list_events(session, subject_id, limit=limit, cursor=cursor)
+
+
+# The two writes above are what FastAPI documents; these serve them, ahead of FastAPI's own
+# handling (app.main puts them first), as the checks are (app.checks.router): the same
+# parameters resolved with the same models, in FastAPI's order (the body's JSON, the credential,
+# then every invalid parameter at once: path, header, body), calling the same endpoints.
+
+
+class _ConsentPath(BaseModel):
+    subject_id: SubjectId
+    target: CatalogueKey
+    purpose: CatalogueKey
+
+
+class _SubjectPath(BaseModel):
+    subject_id: SubjectId
+
+
+class _WriteHeaders(BaseModel):
+    idempotency_key: IdempotencyKey | None = Field(default=None, alias="Idempotency-Key")
+
+
+def _params(request: Request, path_model: type[M], body: Parsed[Any]) -> tuple[M, str | None]:
+    path, path_errors = read_params(request.path_params, path_model, "path")
+    key = request.headers.get("idempotency-key")
+    headers, header_errors = read_params(
+        {} if key is None else {"Idempotency-Key": key}, _WriteHeaders, "header"
+    )
+    errors = path_errors + header_errors + body.errors
+    if errors:
+        raise RequestValidationError(errors)
+    assert path is not None
+    assert headers is not None
+    return path, headers.idempotency_key
+
+
+async def _serve_set_consent(request: Request) -> Response:
+    payload = await read_body(request, ConsentSet)
+    credential = await get_credential(request, await bearer(request))
+    path, key = _params(request, _ConsentPath, payload)
+    return await set_consent(
+        request, path.subject_id, path.target, path.purpose, payload.get(), credential, key
+    )
+
+
+async def _serve_set_consents(request: Request) -> Response:
+    payload = await read_body(request, ConsentBatch)
+    credential = await get_credential(request, await bearer(request))
+    path, key = _params(request, _SubjectPath, payload)
+    return await set_consents(request, path.subject_id, payload.get(), credential, key)
+
+
+direct_routes = [
+    Route(
+        "/v1/subjects/{subject_id}/consents/{target}/{purpose}", _serve_set_consent, methods=["PUT"]
+    ),
+    Route("/v1/subjects/{subject_id}/consents", _serve_set_consents, methods=["POST"]),
+]

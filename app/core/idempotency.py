@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 from sqlalchemy import delete
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, func, select
@@ -30,13 +30,17 @@ from app.models import IdempotencyRecord
 
 REPLAY_HEADER = "Idempotent-Replayed"
 
+KEY_PATTERN = r"^[\x21-\x7e]+$"  # printable ASCII, no space
+IdempotencyKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=255, pattern=KEY_PATTERN)
+]
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
         max_length=255,
-        pattern=r"^[\x21-\x7e]+$",
+        pattern=KEY_PATTERN,
         description="Any unique string (a UUID is ideal). A retry with the same key and body "
         "returns the first response and writes nothing; the same key with another body is a 422.",
     ),

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from fastapi import Path, Request
@@ -66,6 +66,15 @@ InputInstant = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 M = TypeVar("M", bound=BaseModel)
 
 
+def read_params(values: Any, model: type[M], where: str) -> tuple[M | None, list[Any]]:
+    """``values`` (path parameters, headers) as ``model``, or the errors FastAPI would report for
+    them, their ``loc`` starting with ``where`` (``path``, ``header``)."""
+    try:
+        return model.model_validate(values), []
+    except ValidationError as exc:
+        return None, [{**error, "loc": (where, *error["loc"])} for error in exc.errors()]
+
+
 def read_query(request: Request, model: type[M]) -> M:
     """The query string as ``model``, for a route that reads it itself (a hot path): parsed as
     Starlette parses it (the last of repeated names wins, blank values kept), errors as FastAPI
@@ -84,6 +93,10 @@ class Parsed(Generic[M]):
 
     value: M | None
     error: RequestValidationError | None = None
+
+    @property
+    def errors(self) -> list[Any]:
+        return list(self.error.errors()) if self.error is not None else []
 
     def get(self) -> M:
         if self.error is not None:

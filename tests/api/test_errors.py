@@ -5,6 +5,9 @@ import pytest
 
 from tests.factories import OPTIONAL
 
+# Every case against the hot paths as served and as FastAPI would serve them (conftest).
+pytestmark = pytest.mark.usefixtures("served")
+
 PROBLEM = "application/problem+json"
 
 

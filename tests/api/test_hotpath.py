@@ -2,15 +2,13 @@
 replaces on the routes (app.checks.service): the same decisions in every state a subject can be
 in, on both databases; and nothing it caches can serve a stale allow."""
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
 from app.checks import service
-from app.checks.router import _json, direct_routes
+from app.checks.router import _json
 from tests.api.test_rules import CAMERA, GUARDIAN, publish
 from tests.factories import KEYS, NECESSARY, OPTIONAL, OPTIONAL_2, auth, check, set_consent
 
@@ -173,19 +171,6 @@ async def test_the_database_url_options_reach_the_driver(
     finally:
         await hot.close()
         await database.dispose()
-
-
-@pytest.fixture(params=["direct", "fastapi"])
-def served(request: pytest.FixtureRequest, app: FastAPI) -> Iterator[str]:
-    """The checks as served (app.checks.router.direct_routes), and as FastAPI itself would serve
-    the same endpoints: the two must answer alike."""
-    if request.param == "fastapi":
-        routes = app.router.routes
-        app.router.routes = [r for r in routes if r not in direct_routes]
-        yield request.param
-        app.router.routes = routes
-    else:
-        yield request.param
 
 
 async def test_the_single_check_validates_its_query_as_declared(

@@ -4,11 +4,15 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from app.core.idempotency import purge_expired
 from app.models import IdempotencyRecord
 from tests.factories import OPTIONAL, OPTIONAL_2, all_events
+
+# Every case against the hot paths as served and as FastAPI would serve them (conftest).
+pytestmark = pytest.mark.usefixtures("served")
 
 
 def _url(subject_id: str, pair: tuple[str, str] = OPTIONAL) -> str:
