@@ -100,18 +100,22 @@ class Lookup:
     policies: Policies
 
 
+def subject_fields(row: Sequence[Any]) -> dict[str, Any]:
+    """SubjectRow's fields but the id, from a statement's row (its first eight columns)."""
+    return {
+        "status": row[0],
+        "jurisdiction": row[1],
+        "birth_year": row[2],
+        "birth_date": day(row[3]),
+        "age": row[4],
+        "age_stated_at": instant(row[5]),
+        "guardian_verified_at": instant(row[6]),
+        "child_until": day(row[7]),
+    }
+
+
 def _subject(subject_id: str, row: Sequence[Any]) -> SubjectRow:
-    return SubjectRow(
-        subject_id,
-        status=row[0],
-        jurisdiction=row[1],
-        birth_year=row[2],
-        birth_date=day(row[3]),
-        age=row[4],
-        age_stated_at=instant(row[5]),
-        guardian_verified_at=instant(row[6]),
-        child_until=day(row[7]),
-    )
+    return SubjectRow(subject_id, **subject_fields(row))
 
 
 class HotPath:

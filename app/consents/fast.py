@@ -43,7 +43,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from app.checks.decision import ConsentState, Policies
-from app.checks.fast import HotPath, SubjectRow
+from app.checks.fast import HotPath, SubjectRow, subject_fields
 from app.consents.schemas import ChangeContext, ConsentPublic
 from app.consents.service import Change, Planned, check_changes, plan_changes
 from app.core.config import Settings
@@ -54,7 +54,6 @@ from app.core.driver import (
     Row,
     acquire,
     as_uuid,
-    day,
     instant,
     key_row,
     row_of,
@@ -245,14 +244,7 @@ class _Writer(ABC):
             key=key_row(key) if key is not None else None,
             subject=LedgerSubject(
                 self.subject_id,
-                status=subject[0],
-                jurisdiction=subject[1],
-                birth_year=subject[2],
-                birth_date=day(subject[3]),
-                age=subject[4],
-                age_stated_at=instant(subject[5]),
-                guardian_verified_at=instant(subject[6]),
-                child_until=day(subject[7]),
+                **subject_fields(subject),
                 last_seq=subject[8],
                 head_hash=subject[9],
                 last_event_at=instant(subject[10]),

@@ -3,7 +3,7 @@ and the view of them the decision needs."""
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.catalogue.loader import Catalogue
 from app.checks.decision import Policies
+from app.core.driver import when
 from app.core.errors import Conflict, FieldError, InvalidInput, NotFound
 from app.core.types import utcnow
 from app.models import PolicyVersion
@@ -63,7 +64,7 @@ def policies_from_rows(rows: Iterable[Sequence[Any]]) -> Policies:
     them, from the ORM or straight from a driver (instants as text, JSON as text on SQLite)."""
     versions = sorted(
         (
-            _instant(effective_at),
+            when(effective_at),
             version,
             bool(material),
             json.loads(purposes) if isinstance(purposes, str) else purposes,
@@ -78,12 +79,6 @@ def policies_from_rows(rows: Iterable[Sequence[Any]]) -> Policies:
             if material
         ),
     )
-
-
-def _instant(value: datetime | str) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 async def list_policies(session: AsyncSession) -> list[PolicyVersion]:
