@@ -107,6 +107,30 @@ async def _catalogue(url: str) -> None:
     await engine.dispose()
 
 
+REMEMBERED_COLUMNS = [
+    "principal", "key", "fingerprint", "status_code", "response_body", "created_at",
+]  # fmt: skip
+
+
+def remembered(subjects: int) -> list[list[Any]]:
+    """The responses a live service remembers under Idempotency-Keys: one for every tenth
+    subject, from the last day (the keys' retention), under an earlier key's name. A table
+    that starts empty would not be the service's steady state."""
+    now = datetime.now(UTC)
+    body = (
+        '{"subject_id":"%s","target":"gender","purpose":"service_improvement",'
+        '"state":"withdrawn","policy_version":"2022-02","recorded_at":"%s","expires_at":null}'
+    )
+    records = []
+    for n in range(0, subjects, 10):
+        at = now - timedelta(hours=23) + timedelta(seconds=n % (22 * 3600))
+        records.append(
+            ["app:bench-earlier", str(uuid.uuid4()), "0" * 64, 200,
+             body % (subject_id(n), at.isoformat()), at]
+        )  # fmt: skip
+    return records
+
+
 def seed(url: str, subjects: int, events_per_subject: int, batch: int = 20_000) -> None:
     asyncio.run(_catalogue(url))
     if url.startswith("sqlite"):
@@ -132,6 +156,23 @@ def _chunks(
         yield s_rows, e_rows, c_rows
 
 
+Table = tuple[str, list[str], list[Any]]
+
+
+def _tables(
+    chunks: Iterator[tuple[list, list, list]],  # type: ignore[type-arg]
+    records: list[list[Any]],
+) -> Iterator[list[Table]]:
+    """What to write, one transaction's worth at a time."""
+    for s_rows, e_rows, c_rows in chunks:
+        yield [
+            ("subject", SUBJECT_COLUMNS, s_rows),
+            ("consent_event", EVENT_COLUMNS, e_rows),
+            ("consent", CONSENT_COLUMNS, c_rows),
+        ]
+    yield [("idempotency_record", REMEMBERED_COLUMNS, records)]
+
+
 def _seed_sqlite(path: str, subjects: int, events_per_subject: int, batch: int) -> None:
     def text(value: Any) -> Any:
         if isinstance(value, datetime):  # as SQLAlchemy stores a naive UTC DATETIME
@@ -145,14 +186,11 @@ def _seed_sqlite(path: str, subjects: int, events_per_subject: int, batch: int) 
         return value
 
     connection = sqlite3.connect(path)
+    chunks = _chunks(subjects, events_per_subject, batch)
     try:
-        for s_rows, e_rows, c_rows in _chunks(subjects, events_per_subject, batch):
+        for tables in _tables(chunks, remembered(subjects)):
             with connection:
-                for table, columns, values in (
-                    ("subject", SUBJECT_COLUMNS, s_rows),
-                    ("consent_event", EVENT_COLUMNS, e_rows),
-                    ("consent", CONSENT_COLUMNS, c_rows),
-                ):
+                for table, columns, values in tables:
                     marks = ", ".join("?" * len(columns))
                     connection.executemany(
                         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks})",
@@ -166,14 +204,11 @@ async def _seed_postgres(url: str, subjects: int, events_per_subject: int, batch
     import asyncpg
 
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    chunks = _chunks(subjects, events_per_subject, batch)
     try:
-        for s_rows, e_rows, c_rows in _chunks(subjects, events_per_subject, batch):
+        for tables in _tables(chunks, remembered(subjects)):
             async with connection.transaction():
-                for table, columns, values in (
-                    ("subject", SUBJECT_COLUMNS, s_rows),
-                    ("consent_event", EVENT_COLUMNS, e_rows),
-                    ("consent", CONSENT_COLUMNS, c_rows),
-                ):
+                for table, columns, values in tables:
                     await connection.copy_records_to_table(
                         table, records=[tuple(r) for r in values], columns=columns
                     )

@@ -291,8 +291,7 @@ def _json_list(value: str | None) -> list[str] | None:
 
 ATTEMPTS = 3  # under the lock; only a response remembered meanwhile makes one fail
 
-_PG_READ = {
-    column: f"""
+_PG_READ_SUBJECT = """
 SELECT
   (SELECT ROW(k.id, k.name, k.role, k.revoked_at, k.last_used_at)
      FROM api_key k WHERE k.{column} = $2),
@@ -308,12 +307,24 @@ SELECT
   (SELECT count(*) FROM policy_version),
   CASE WHEN $3 THEN ARRAY(SELECT ROW(r.id, r.targets::text, r.purposes::text)
                             FROM recipient r ORDER BY r.id) END,
-  (SELECT ROW(i.fingerprint, i.status_code, i.response_body, i.created_at)
+  {remembered}
+"""
+# The response remembered under the request's Idempotency-Key ($4), if it has one. A request
+# without a key runs the statement without this lookup: not only is it wasted work, but a
+# prepared statement's plan is kept for the connection's life, and a plan made while the table
+# was empty scans all of it; as keyed requests fill it, every request would pay for that scan
+# until an ANALYZE (autovacuum's, once it runs) makes PostgreSQL plan again.
+_PG_REMEMBERED = """(SELECT ROW(i.fingerprint, i.status_code, i.response_body, i.created_at)
      FROM idempotency_record i
     WHERE i.key = $4 AND i.principal = coalesce(
-      $5::text, (SELECT k.role || ':' || k.name FROM api_key k WHERE k.{column} = $2)))
-"""  # noqa: S608 (a column name of ours)
+      $5::text, (SELECT k.role || ':' || k.name FROM api_key k WHERE k.{column} = $2)))"""
+_PG_READ = {
+    (column, keyed): _PG_READ_SUBJECT.format(
+        column=column,
+        remembered=_PG_REMEMBERED.format(column=column) if keyed else "NULL::record",
+    )
     for column in ("key_hash", "name")
+    for keyed in (False, True)
 }
 # The subject's new head, only if the row is the version read ($5: its xmin) ...
 _PG_MOVE_HEAD = """UPDATE subject SET last_seq = $6, head_hash = $7, last_event_at = $8,
@@ -399,13 +410,13 @@ class _Postgres(_Writer):
 
     async def _read(self, connection: Any) -> Facts:
         credential = self.credential
+        keyed = self.idempotency_key is not None
         key, subject, guardian, consents, count, recipients, remembered = await connection.fetchrow(
-            _PG_READ[credential.column],
+            _PG_READ[credential.column, keyed],
             self.subject_id,
             credential.value,
             self.stops,
-            self.idempotency_key,
-            credential.idempotency_scope(None),
+            *((self.idempotency_key, credential.idempotency_scope(None)) if keyed else ()),
             timeout=WAIT_SECONDS,
         )
         policies = self.hot.cached_policies(count)
