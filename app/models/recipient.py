@@ -36,11 +36,16 @@ class WebhookMessage(SQLModel, table=True):
     """One message to one recipient. ``id`` is the ``webhook-id`` a receiver deduplicates on."""
 
     __tablename__ = "webhook_message"
-    __table_args__ = (Index("ix_webhook_message_due", "status", "next_attempt_at"),)
+    # The deliverer's claim looks up each enabled recipient's due messages, oldest first; a
+    # paused recipient's backlog, however long, is never read. The index also serves every
+    # lookup by recipient.
+    __table_args__ = (
+        Index("ix_webhook_message_recipient_due", "recipient_id", "status", "next_attempt_at"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid7, primary_key=True)
     recipient_id: uuid.UUID = Field(
-        sa_column=Column(Uuid(), ForeignKey("recipient.id"), nullable=False, index=True)
+        sa_column=Column(Uuid(), ForeignKey("recipient.id"), nullable=False)
     )
     subject_id: str = Field(sa_column=Column(String(255), nullable=False, index=True))
     type: str = Field(max_length=48)

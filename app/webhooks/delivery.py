@@ -15,6 +15,8 @@ import json
 import logging
 import random
 import time
+import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -115,30 +117,39 @@ class Deliverer:
                 )
         return len(claimed)
 
-    def _due(self, now: datetime) -> Select[WebhookMessage, Recipient]:
+    @staticmethod
+    def _due(now: datetime, recipients: Sequence[uuid.UUID]) -> Select[WebhookMessage, Recipient]:
+        """The due messages of ``recipients`` (the enabled ones, as last read): looked up by
+        recipient, so a paused recipient's backlog is never read, however long it grows."""
         return (
             select(WebhookMessage, Recipient)
             .join(Recipient, col(Recipient.id) == col(WebhookMessage.recipient_id))
             .where(
+                col(WebhookMessage.recipient_id).in_(recipients),
                 col(WebhookMessage.status) == "pending",
                 col(WebhookMessage.next_attempt_at) <= now,
                 col(WebhookMessage.claimed_until).is_(None)
                 | (col(WebhookMessage.claimed_until) < now),
-                col(Recipient.disabled_at).is_(None),
+                col(Recipient.disabled_at).is_(None),  # not disabled since
             )
         )
 
     async def _claim(self) -> list[tuple[WebhookMessage, Recipient]]:
         # A look without the write lock first: idle polling must not queue behind writers.
         async with self.database.read_sessions() as session, session.begin():
-            if (await session.exec(self._due(utcnow()).limit(1))).first() is None:
+            enabled = (
+                await session.exec(select(Recipient.id).where(col(Recipient.disabled_at).is_(None)))
+            ).all()
+            if not enabled:
+                return []
+            if (await session.exec(self._due(utcnow(), enabled).limit(1))).first() is None:
                 return []
         async with self.database.write_sessions() as session, session.begin():
             # Leases are set and compared on one clock (the database's), read once the write
             # lock is held, so neither waiting for the lock nor another host's clock shortens one.
             now = await _database_now(session)
             statement = (
-                self._due(now)
+                self._due(now, enabled)
                 .order_by(col(WebhookMessage.next_attempt_at))
                 .limit(BATCH)
                 .with_for_update(of=WebhookMessage, skip_locked=True)

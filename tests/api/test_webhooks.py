@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.core.config import Settings
-from app.webhooks.delivery import Deliverer
+from app.webhooks.delivery import BATCH, Deliverer
 from tests.factories import KEYS, OPTIONAL, OPTIONAL_2, TEST_SECRET, auth, set_consent
 from tests.receiver import Receiver, receiving
 
@@ -304,6 +304,28 @@ async def test_bad_recipients_are_refused(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
     assert problem in response.text
+
+
+async def test_a_paused_recipients_backlog_holds_up_no_other(
+    client: httpx.AsyncClient, deliverer: Deliverer, subject_id: str
+) -> None:
+    with receiving() as receiver:
+        paused = await add_recipient(client, receiver)
+        assert (
+            await client.post(f"/v1/recipients/{paused['id']}/disable", headers=OFFICER)
+        ).is_success
+        for _ in range(BATCH + 1):  # more than a round takes, all due before the other's
+            await set_consent(client, subject_id, *OPTIONAL, "given")
+            await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+        live = await add_recipient(client, receiver)
+        await set_consent(client, subject_id, *OPTIONAL, "given")
+        await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+        assert await deliverer.deliver_due() == 1, "one round: the enabled recipient's message"
+        [delivered] = await deliveries(client, live["id"])
+        assert delivered["status"] == "delivered"
+        held = await deliveries(client, paused["id"], limit="100")
+        assert [m["status"] for m in held] == ["pending"] * (BATCH + 2)
+        assert receiver.delivered_ids == [delivered["id"]]
 
 
 async def test_recipients_are_named_once_disabled_and_enabled_and_rotate_secrets(
