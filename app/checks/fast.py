@@ -1,6 +1,7 @@
 """The check's hot path: the credential, the subject, its consents for the pairs asked (and the OS
 state, when a device is named) and the policy archive's version, read by ONE statement on the
-driver (asyncpg, or sqlite3 through aiosqlite), bypassing the ORM.
+driver (asyncpg; or sqlite3 on the event loop's thread, through aiosqlite when the database is
+busy), bypassing the ORM.
 
 One statement is one snapshot, so the answer is as fresh as the database: a withdrawal or a
 revocation of the key committed before the check began is always seen, on every worker. Nothing
@@ -13,6 +14,7 @@ uses; tests/api/test_hotpath.py holds this module to the ORM path on both databa
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -125,6 +127,7 @@ class HotPath:
         self.settings = settings
         self.database = database
         self._pool: Any = None  # asyncpg.Pool
+        self._direct: sqlite3.Connection | None = None  # reads on the event loop's thread
         self._sqlite: asyncio.Queue[Any] | None = None  # idle aiosqlite connections
         self._sqlite_all: list[Any] = []
         self._writer: SqliteWriter | None = None  # consent changes' connection
@@ -166,8 +169,19 @@ class HotPath:
             import aiosqlite
 
             self._writer = SqliteWriter(url.database or "")
+            # The lookup is one indexed read of a few pages: on the event loop's own thread it
+            # costs half of what handing it to a connection's thread and back does
+            # (BENCHMARKS.md). It never waits there: SQLite's busy timeout is zero on it, and a
+            # lookup that finds the database busy (under WAL, rare: a recovery, an exclusive
+            # lock) is run again on a threaded connection, which waits as every other does.
+            # Only the event loop's thread uses it.
+            self._direct = sqlite3.connect(
+                url.database or "", timeout=0, isolation_level=None, check_same_thread=False
+            )
+            self._direct.execute("PRAGMA query_only=1")
             self._sqlite = asyncio.Queue()
-            for _ in range(min(size, 4)):  # each is a thread; reads under WAL run side by side
+            # Each is a thread: more than two only contended for the GIL (BENCHMARKS.md).
+            for _ in range(min(size, 2)):
                 connection = await aiosqlite.connect(url.database or "", isolation_level=None)
                 await connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
                 self._sqlite_all.append(connection)
@@ -205,6 +219,8 @@ class HotPath:
             await self._writer.close()
         if self._pool is not None:
             await self._pool.close()
+        if self._direct is not None:
+            self._direct.close()
         for connection in self._sqlite_all:
             await connection.close()
 
@@ -247,14 +263,20 @@ class HotPath:
                 raise unavailable(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
-            parameters = (key_hash, subject_id, json.dumps(targets), json.dumps(purposes))
+            parameters = (
+                key_hash,
+                subject_id,
+                json.dumps(targets),
+                json.dumps(purposes),
+                device_id,
+            )
             try:
-                async with self._sqlite_connection() as connection:
-                    # Fetched and closed in one step on the connection's thread: a cancelled
-                    # request cannot leave a cursor (and its old snapshot) open on it.
-                    [raw] = await connection.execute_fetchall(
-                        SQLITE_LOOKUP, (*parameters, device_id)
-                    )
+                raw = self._read_directly(parameters)
+                if raw is None:  # busy: wait for it on a connection's thread
+                    async with self._sqlite_connection() as connection:
+                        # Fetched and closed in one step on the connection's thread: a cancelled
+                        # request cannot leave a cursor (and its old snapshot) open on it.
+                        [raw] = await connection.execute_fetchall(SQLITE_LOOKUP, parameters)
             except Exception as exc:
                 raise unavailable(exc) from None
             key = json.loads(raw[0]) if raw[0] else None
@@ -273,6 +295,18 @@ class HotPath:
             os={o[0]: OsState(o[1], instant(o[2])) for o in observations} if device_id else {},
             policies=await self._current_policies(policy_count),
         )
+
+    def _read_directly(self, parameters: tuple[Any, ...]) -> Any:
+        """The lookup's row, read on this thread in a read transaction of its own (fetched to
+        the end, so none stays open), or None if the database was busy."""
+        assert self._direct is not None
+        try:
+            [row] = self._direct.execute(SQLITE_LOOKUP, parameters).fetchall()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                return None
+            raise
+        return row
 
     async def _current_policies(self, count: int) -> Policies:
         cached = self.cached_policies(count)

@@ -2,9 +2,11 @@
 replaces on the routes (app.checks.service): the same decisions in every state a subject can be
 in, on both databases; and nothing it caches can serve a stale allow."""
 
+import sqlite3
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 
 from app.checks import service
@@ -134,6 +136,46 @@ async def test_connections_the_server_dropped_cost_at_most_a_503(
     statuses = [(await client.get("/v1/checks", params=params)).status_code for _ in range(12)]
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[-1] == 200
+
+
+class _Failing:
+    """A connection on which every statement fails with SQLite's error ``code``."""
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code, self.message = code, message
+
+    def execute(self, *_args: Any) -> Any:
+        error = sqlite3.OperationalError(self.message)
+        error.sqlite_errorcode = self.code  # as sqlite3 sets it
+        raise error
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_busy_sqlite_database_sends_the_lookup_to_a_waiting_connection(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    backend: str,
+    subject_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """SQLite's lookup runs on the event loop's thread and never waits there: a busy database
+    moves it to a threaded connection (same answer, as fresh); any other error is a 503."""
+    if backend != "sqlite":
+        return
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+    assert (await check(client, subject_id, *OPTIONAL))["allowed"] is True
+    hot = app.state.hot_path
+    monkeypatch.setattr(hot, "_direct", _Failing(sqlite3.SQLITE_BUSY, "database is locked"))
+    await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+    decision = await check(client, subject_id, *OPTIONAL)
+    assert (decision["allowed"], decision["state"]) == (False, "withdrawn")
+    monkeypatch.setattr(hot, "_direct", _Failing(sqlite3.SQLITE_IOERR, "disk I/O error"))
+    params = {"subject_id": subject_id, "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+    failed = await client.get("/v1/checks", params=params)
+    assert failed.status_code == 503, failed.text
+    assert failed.headers["content-type"] == "application/problem+json"
 
 
 async def test_every_way_of_stating_an_age_reads_the_same(
