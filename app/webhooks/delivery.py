@@ -16,7 +16,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -118,20 +117,22 @@ class Deliverer:
         return len(claimed)
 
     @staticmethod
-    def _due(now: datetime, recipients: Sequence[uuid.UUID]) -> Select[WebhookMessage, Recipient]:
-        """The due messages of ``recipients`` (the enabled ones, as last read): looked up by
-        recipient, so a paused recipient's backlog is never read, however long it grows."""
+    def _due(now: datetime, recipient_id: uuid.UUID) -> Select[WebhookMessage, Recipient]:
+        """One enabled recipient's due messages, oldest first: a range of its index read in
+        order, which stops at the limit. A paused recipient's backlog is never read, and one
+        that comes back is taken a batch at a time."""
         return (
             select(WebhookMessage, Recipient)
             .join(Recipient, col(Recipient.id) == col(WebhookMessage.recipient_id))
             .where(
-                col(WebhookMessage.recipient_id).in_(recipients),
+                col(WebhookMessage.recipient_id) == recipient_id,
                 col(WebhookMessage.status) == "pending",
                 col(WebhookMessage.next_attempt_at) <= now,
                 col(WebhookMessage.claimed_until).is_(None)
                 | (col(WebhookMessage.claimed_until) < now),
-                col(Recipient.disabled_at).is_(None),  # not disabled since
+                col(Recipient.disabled_at).is_(None),  # not disabled since it was read
             )
+            .order_by(col(WebhookMessage.next_attempt_at))
         )
 
     async def _claim(self) -> list[tuple[WebhookMessage, Recipient]]:
@@ -140,21 +141,30 @@ class Deliverer:
             enabled = (
                 await session.exec(select(Recipient.id).where(col(Recipient.disabled_at).is_(None)))
             ).all()
-            if not enabled:
-                return []
-            if (await session.exec(self._due(utcnow(), enabled).limit(1))).first() is None:
-                return []
+            now = utcnow()
+            waiting = [
+                recipient_id
+                for recipient_id in enabled
+                if (await session.exec(self._due(now, recipient_id).limit(1))).first() is not None
+            ]
+        if not waiting:
+            return []
         async with self.database.write_sessions() as session, session.begin():
             # Leases are set and compared on one clock (the database's), read once the write
             # lock is held, so neither waiting for the lock nor another host's clock shortens one.
             now = await _database_now(session)
-            statement = (
-                self._due(now, enabled)
-                .order_by(col(WebhookMessage.next_attempt_at))
-                .limit(BATCH)
-                .with_for_update(of=WebhookMessage, skip_locked=True)
-            )
-            claimed = list((await session.exec(statement)).all())
+            candidates: list[tuple[WebhookMessage, Recipient]] = []
+            for recipient_id in waiting:
+                statement = (
+                    self._due(now, recipient_id)
+                    .limit(BATCH)
+                    .with_for_update(of=WebhookMessage, skip_locked=True)
+                )
+                candidates.extend((await session.exec(statement)).all())
+            # The oldest of them, a batch in all; the others are left as they were (their row
+            # locks end with this transaction).
+            candidates.sort(key=lambda pair: pair[0].next_attempt_at)
+            claimed = candidates[:BATCH]
             until = now + self.lease
             for message, _recipient in claimed:
                 message.claimed_by, message.claimed_until = self.token, until

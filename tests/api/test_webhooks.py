@@ -328,6 +328,21 @@ async def test_a_paused_recipients_backlog_holds_up_no_other(
         assert receiver.delivered_ids == [delivered["id"]]
 
 
+async def test_each_round_takes_the_oldest_due_messages_of_all_recipients(
+    client: httpx.AsyncClient, deliverer: Deliverer, subject_id: str
+) -> None:
+    with receiving() as receiver:
+        first, second = await add_recipient(client, receiver), await add_recipient(client, receiver)
+        for _ in range(BATCH):  # a message to each recipient every time, in this order
+            await set_consent(client, subject_id, *OPTIONAL, "given")
+            await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+        assert await deliverer.deliver_due() == BATCH
+        for recipient in (first, second):
+            messages = await deliveries(client, recipient["id"], limit="100")
+            tried = [m["attempts"] for m in messages]  # oldest first (ids are time-ordered)
+            assert tried == [1] * (BATCH // 2) + [0] * (BATCH // 2), "each one's oldest half"
+
+
 async def test_recipients_are_named_once_disabled_and_enabled_and_rotate_secrets(
     client: httpx.AsyncClient, deliverer: Deliverer, subject_id: str
 ) -> None:
