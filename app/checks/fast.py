@@ -169,16 +169,6 @@ class HotPath:
             import aiosqlite
 
             self._writer = SqliteWriter(url.database or "")
-            # The lookup is one indexed read of a few pages: on the event loop's own thread it
-            # costs half of what handing it to a connection's thread and back does
-            # (BENCHMARKS.md). It never waits there: SQLite's busy timeout is zero on it, and a
-            # lookup that finds the database busy (under WAL, rare: a recovery, an exclusive
-            # lock) is run again on a threaded connection, which waits as every other does.
-            # Only the event loop's thread uses it.
-            self._direct = sqlite3.connect(
-                url.database or "", timeout=0, isolation_level=None, check_same_thread=False
-            )
-            self._direct.execute("PRAGMA query_only=1")
             self._sqlite = asyncio.Queue()
             # Each is a thread: more than two only contended for the GIL (BENCHMARKS.md).
             for _ in range(min(size, 2)):
@@ -186,6 +176,17 @@ class HotPath:
                 await connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
                 self._sqlite_all.append(connection)
                 self._sqlite.put_nowait(connection)
+            # The lookup is one indexed read of a few pages: on the event loop's own thread it
+            # costs half of what handing it to a connection's thread and back does
+            # (BENCHMARKS.md). It never waits there for a lock: SQLite's busy timeout is zero on
+            # it, and a lookup that finds the database busy (under WAL, rare: a recovery, an
+            # exclusive lock) is run again on a threaded connection, which waits as every other
+            # does. (A page not in memory is still read from disk on this thread.) Only the
+            # event loop's thread uses it.
+            self._direct = sqlite3.connect(
+                url.database or "", timeout=0, isolation_level=None, check_same_thread=False
+            )
+            self._direct.execute("PRAGMA query_only=1")
 
     @property
     def dialect(self) -> str:
@@ -303,7 +304,8 @@ class HotPath:
         try:
             [row] = self._direct.execute(SQLITE_LOOKUP, parameters).fetchall()
         except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 return None
             raise
         return row

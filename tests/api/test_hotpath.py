@@ -167,7 +167,8 @@ async def test_a_busy_sqlite_database_sends_the_lookup_to_a_waiting_connection(
     await set_consent(client, subject_id, *OPTIONAL, "given")
     assert (await check(client, subject_id, *OPTIONAL))["allowed"] is True
     hot = app.state.hot_path
-    monkeypatch.setattr(hot, "_direct", _Failing(sqlite3.SQLITE_BUSY, "database is locked"))
+    busy = _Failing(sqlite3.SQLITE_BUSY_RECOVERY, "database is locked")  # an extended code
+    monkeypatch.setattr(hot, "_direct", busy)
     await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
     decision = await check(client, subject_id, *OPTIONAL)
     assert (decision["allowed"], decision["state"]) == (False, "withdrawn")
