@@ -170,7 +170,8 @@ class HotPath:
 
             self._writer = SqliteWriter(url.database or "")
             self._sqlite = asyncio.Queue()
-            # Each is a thread: more than two only contended for the GIL (BENCHMARKS.md).
+            # Each is a thread. They take only the lookups that found the database busy (below);
+            # when they took every lookup, four were slower than two (BENCHMARKS.md).
             for _ in range(min(size, 2)):
                 connection = await aiosqlite.connect(url.database or "", isolation_level=None)
                 await connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
