@@ -307,8 +307,7 @@ SELECT
   (SELECT count(*) FROM policy_version),
   CASE WHEN $3 THEN ARRAY(SELECT ROW(r.id, r.targets::text, r.purposes::text)
                             FROM recipient r ORDER BY r.id) END,
-  {remembered}
-"""
+  """
 # The response remembered under the request's Idempotency-Key ($4), if it has one. A request
 # without a key runs the statement without this lookup: not only is it wasted work, but a
 # prepared statement's plan is kept for the connection's life, and a plan made while the table
@@ -319,9 +318,8 @@ _PG_REMEMBERED = """(SELECT ROW(i.fingerprint, i.status_code, i.response_body, i
     WHERE i.key = $4 AND i.principal = coalesce(
       $5::text, (SELECT k.role || ':' || k.name FROM api_key k WHERE k.{column} = $2)))"""
 _PG_READ = {
-    (column, keyed): _PG_READ_SUBJECT.format(
-        column=column,
-        remembered=_PG_REMEMBERED.format(column=column) if keyed else "NULL::record",
+    (column, keyed): (_PG_READ_SUBJECT + (_PG_REMEMBERED if keyed else "NULL::record")).format(
+        column=column
     )
     for column in ("key_hash", "name")
     for keyed in (False, True)

@@ -67,8 +67,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def read_params(values: Any, model: type[M], where: str) -> tuple[M | None, list[Any]]:
-    """``values`` (path parameters, headers) as ``model``, or the errors FastAPI would report for
-    them, their ``loc`` starting with ``where`` (``path``, ``header``)."""
+    """``values`` (path or query parameters, headers) as ``model``, or the errors FastAPI would
+    report for them, their ``loc`` starting with ``where`` (``path``, ``query``, ``header``)."""
     try:
         return model.model_validate(values), []
     except ValidationError as exc:
@@ -80,11 +80,11 @@ def read_query(request: Request, model: type[M]) -> M:
     Starlette parses it (the last of repeated names wins, blank values kept), errors as FastAPI
     reports them (a 422 whose ``loc`` starts with ``query``)."""
     pairs = parse_qsl(request.scope["query_string"].decode("latin-1"), keep_blank_values=True)
-    try:
-        return model.model_validate(dict(pairs))
-    except ValidationError as exc:
-        errors = [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
-        raise RequestValidationError(errors) from None
+    query, errors = read_params(dict(pairs), model, "query")
+    if errors:
+        raise RequestValidationError(errors)
+    assert query is not None
+    return query
 
 
 @dataclass(frozen=True)
