@@ -29,6 +29,7 @@ from app.core.errors import install_error_handlers
 from app.core.idempotency import purge_expired
 from app.core.migrate import current_revision, head_revision
 from app.core.security import Principal, Scope, requires
+from app.core.serving import ConsentLedgerAPI
 from app.core.signing import load_signing_secret
 from app.health import router as health_router
 from app.metrics import router as metrics_router
@@ -133,10 +134,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await database.dispose()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ConsentLedgerAPI:
     settings = settings or get_settings()
     public_docs = settings.public_docs
-    app = FastAPI(
+    app = ConsentLedgerAPI(
         title="Consent Ledger",
         version=__version__,
         summary="May the app collect X for purpose P for this user, right now?",
@@ -167,10 +168,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics_router,
     ):
         app.include_router(router)
-    # The hot paths, the checks and the consent changes, served by plain Starlette routes ahead
-    # of the others (app.checks.router, app.consents.router).
-    app.state.direct_routes = [*checks_direct, *consents_direct]
-    app.router.routes[:0] = app.state.direct_routes
+    # The hot paths, the checks and the consent changes, served ahead of FastAPI's middleware
+    # and routing (app.core.serving) by the same endpoints (app.checks.router,
+    # app.consents.router).
+    app.hot_routes = [*checks_direct, *consents_direct]
     return app
 
 

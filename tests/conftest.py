@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.core.config import Settings, normalise_database_url
 from app.core.migrate import upgrade
 from app.core.security import hash_api_key
+from app.core.serving import ConsentLedgerAPI
 from app.core.types import utcnow
 from app.main import create_app
 from app.models import ApiKey
@@ -161,12 +162,12 @@ def subject_id() -> str:
 
 @pytest.fixture(params=["direct", "fastapi"])
 def served(request: pytest.FixtureRequest, app: FastAPI) -> Iterator[str]:
-    """The hot paths as served (plain Starlette routes, ``app.state.direct_routes``), and as
-    FastAPI itself would serve the same endpoints: the two must answer alike."""
+    """The hot paths as served (ahead of FastAPI's stack, ``app.hot_routes``), and as FastAPI
+    itself would serve the same endpoints: the two must answer alike."""
     if request.param == "fastapi":
-        routes = app.router.routes
-        app.router.routes = [r for r in routes if r not in app.state.direct_routes]
+        assert isinstance(app, ConsentLedgerAPI)
+        hot, app.hot_routes = app.hot_routes, []
         yield request.param
-        app.router.routes = routes
+        app.hot_routes = hot
     else:
         yield request.param

@@ -125,9 +125,9 @@ async def check_one(
 
 
 # The routes above are what FastAPI documents; these serve them, ahead of FastAPI's own handling
-# (app.main puts them first). They resolve the same parameters with the same models, in the
-# same order (the body's JSON, the credential, then validation), with the same errors, and call
-# the same endpoints: FastAPI's resolution of them was a third of a check (BENCHMARKS.md).
+# and its middleware (app.core.serving). They resolve the same parameters with the same models,
+# in the same order (the body's JSON, the credential, then validation), with the same errors, and
+# call the same endpoints: FastAPI's resolution of them was a third of a check (BENCHMARKS.md).
 
 
 async def _serve_check_one(request: Request) -> Response:

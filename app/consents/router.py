@@ -177,7 +177,7 @@ async def list_events(
 
 
 # The two writes above are what FastAPI documents; these serve them, ahead of FastAPI's own
-# handling (app.main puts them first), as the checks are (app.checks.router): the same
+# handling and middleware (app.core.serving), as the checks are (app.checks.router): the same
 # parameters resolved with the same models, in FastAPI's order (the body's JSON, the credential,
 # then every invalid parameter at once: path, header, body), calling the same endpoints.
 
