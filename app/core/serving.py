@@ -1,63 +1,73 @@
-"""The application class: FastAPI, with the hot paths served ahead of its middleware stack.
+"""The application class: FastAPI, with the hot paths served ahead of most of its stack.
 
 The checks and the consent changes are most of the traffic. On every other route a request
-passes through FastAPI's and Starlette's layers (the server-error and exception middleware,
-FastAPI's telemetry and body-limit middleware, an exit stack, the router, the route's own
-exception wrapper); on these it goes straight from the server to the endpoint, and that stack
-had been a third of a check's time (BENCHMARKS.md). What the layers did for these routes is done
-here in their stead:
+passes through FastAPI's telemetry and body-limit middleware, an exit stack, the router (every
+route's pattern in turn), the route's own wrapper and a second exception wrapper; on these it
+goes from Starlette's two error-handling middlewares straight to the endpoint, and the layers
+skipped had been a third of a check's time (BENCHMARKS.md, step 15):
 
-- the route is matched by Starlette's own ``Route.matches`` (path, path parameters, method;
-  any other method on the path goes on to the router and gets its 405);
-- an exception from the endpoint is answered by the handler the application registered for it
-  (``app.core.errors``), found as Starlette finds it (the nearest class in the exception's MRO),
-  so every error body and status is the one the rest of the service gives.
+- the route is matched by Starlette's own ``Route.matches`` (path, path parameters, method);
+  another method on the path, HEAD included, goes on to the router, which answers 405;
+- errors are Starlette's own ``ExceptionMiddleware`` and ``ServerErrorMiddleware`` with the
+  handlers the application registered (``app.core.errors``), built as FastAPI builds them, so
+  every error, and every failure of an error handler, is answered as on any other route.
 
-Two differences, both deliberate: FastAPI's native OpenTelemetry instrumentation does not see
-these routes, and an unexpected error on them is logged once, by the service's own handler, not
-a second time by the server.
+What the hot routes do not get, by design: middleware added to the application, FastAPI's
+OpenTelemetry instrumentation, its ``max_body_size`` (none is set), dependency overrides and
+router dependencies (the endpoints take no dependencies).
 """
 
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.routing import Match, Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+
+async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+    """The matched route's endpoint (``Route.matches`` puts it in the scope) as an ASGI app."""
+    response = await scope["endpoint"](Request(scope, receive, send))
+    await response(scope, receive, send)
 
 
 class ConsentLedgerAPI(FastAPI):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        # Served ahead of the stack, first match wins; each a ``Route`` whose endpoint takes
-        # the request and returns the response.
+        # Served ahead of the stack, the first match wins; each a ``Route`` whose endpoint
+        # takes the request and returns the response.
         self.hot_routes: list[Route] = []
+        self._hot_stack: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] == "http" and scope["method"] != "HEAD":
             if self.root_path:
                 scope["root_path"] = self.root_path
             for route in self.hot_routes:
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
-                    await self._serve(route, scope, receive, send)
+                    scope["app"] = self
+                    if self._hot_stack is None:  # once the handlers are in, as for the stack
+                        self._hot_stack = self._error_handling(_endpoint)
+                    await self._hot_stack(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
 
-    async def _serve(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-        scope["app"] = self
-        request = Request(scope, receive)
-        try:
-            response = await route.endpoint(request)
-        except Exception as exc:
-            response = await self._handler(exc)(request, exc)
-        await response(scope, receive, send)
-
-    def _handler(self, exc: Exception) -> Any:
-        """The exception handler registered for the nearest class of ``exc``."""
-        handlers = self.exception_handlers
-        for cls in type(exc).__mro__:
-            if cls in handlers:
-                return handlers[cls]
-        raise exc  # pragma: no cover - app.core.errors registers one for Exception
+    def _error_handling(self, app: ASGIApp) -> ASGIApp:
+        """``app`` inside the two error-handling middlewares of FastAPI's own stack, given the
+        application's handlers as ``FastAPI.build_middleware_stack`` gives them."""
+        error_handler = None
+        handlers: dict[Any, Any] = {}
+        for key, value in self.exception_handlers.items():
+            if key in (500, Exception):
+                error_handler = value
+            else:
+                handlers[key] = value
+        return ServerErrorMiddleware(
+            ExceptionMiddleware(app, handlers=handlers, debug=self.debug),
+            handler=error_handler,
+            debug=self.debug,
+        )

@@ -1,15 +1,16 @@
-"""The hot paths served ahead of FastAPI's stack (app.core.serving) answer as the stack would:
-the same documented routes, the router's 405 for other methods, the service's own 500, and a
-root path, as served and as FastAPI alone would serve the same endpoints (conftest)."""
+"""The hot paths served ahead of FastAPI's stack (app.core.serving): they skip it, and answer as
+it would: the same documented routes, the router's 405 for other methods, the service's own 500,
+a root path; as served and as FastAPI alone would serve the same endpoints (conftest)."""
 
 import logging
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.serving import ConsentLedgerAPI
-from tests.factories import KEYS, OPTIONAL, auth, set_consent
+from tests.factories import KEYS, OPTIONAL, auth, check, set_consent
 
 PROBLEM = "application/problem+json"
 
@@ -24,58 +25,117 @@ def test_every_hot_route_is_a_documented_route(app: FastAPI) -> None:
         assert methods <= set(paths.get(route.path, {})), route.path
 
 
+class Recorder:
+    """A middleware added to the application: it sees what goes through FastAPI's stack."""
+
+    def __init__(self, app: ASGIApp, seen: list[str]) -> None:
+        self.app, self.seen = app, seen
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.seen.append(f"{scope['method']} {scope['path']}")
+        await self.app(scope, receive, send)
+
+
+async def test_the_hot_paths_are_served_ahead_of_the_stack(
+    app: FastAPI, served: str, subject_id: str
+) -> None:
+    """The checks and the consent changes skip the application's middleware; nothing else does,
+    and with the hot routes off (as FastAPI would serve them) they go through it too."""
+    seen: list[str] = []
+    app.add_middleware(Recorder, seen=seen)
+    async with client_under(app, "") as client:
+        await set_consent(client, subject_id, *OPTIONAL, "given")
+        response = await client.post(
+            f"/v1/subjects/{subject_id}/consents",
+            json={"changes": [{"target": OPTIONAL[0], "purpose": OPTIONAL[1], "state": "given"}]},
+        )
+        assert response.status_code == 200, response.text
+        await check(client, subject_id, *OPTIONAL)
+        response = await client.post(
+            "/v1/checks",
+            json={
+                "subject_id": subject_id,
+                "items": [{"target": t, "purpose": p} for t, p in [OPTIONAL]],
+            },
+        )
+        assert response.status_code == 200, response.text
+        assert (await client.get(f"/v1/subjects/{subject_id}/consents")).status_code == 200
+    consents = f"/v1/subjects/{subject_id}/consents"
+    hot = [
+        f"PUT {consents}/{OPTIONAL[0]}/{OPTIONAL[1]}",
+        f"POST {consents}",
+        "GET /v1/checks",
+        "POST /v1/checks",
+    ]
+    assert seen == ([f"GET {consents}"] if served == "direct" else [*hot, f"GET {consents}"])
+
+
 @pytest.mark.usefixtures("served")
-async def test_another_method_on_a_hot_path_gets_the_routers_405(
+async def test_head_and_other_methods_on_a_hot_path_get_the_routers_405(
     client: httpx.AsyncClient, subject_id: str
 ) -> None:
+    for method in ("DELETE", "HEAD"):
+        response = await client.request(method, "/v1/checks", params={"subject_id": "u1"})
+        assert response.status_code == 405, response.text
+        assert response.headers["allow"]
     response = await client.delete("/v1/checks")
-    assert response.status_code == 405, response.text
     assert response.headers["content-type"] == PROBLEM
-    assert {m.strip() for m in response.headers["allow"].split(",")} <= {"GET", "HEAD", "POST"}
     assert response.json()["detail"] == "DELETE is not allowed on /v1/checks."
-
     response = await client.patch(f"/v1/subjects/{subject_id}/consents/{OPTIONAL[0]}/{OPTIONAL[1]}")
     assert response.status_code == 405, response.text
-    assert "PUT" in response.headers["allow"]
+    assert response.headers["allow"] == "PUT"
 
 
 @pytest.mark.usefixtures("served")
-async def test_an_unexpected_error_is_the_services_500_logged_once(
+async def test_an_unexpected_error_is_the_services_500_and_reaches_the_server(
     app: FastAPI,
     client: httpx.AsyncClient,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """As on every route: the service's 500, logged by its handler, and the exception raised
+    on to the server (which logs it and closes the connection)."""
+
     async def broken(*_args: object) -> None:
         raise RuntimeError("a bug in the lookup")
 
     monkeypatch.setattr(app.state.hot_path, "lookup", broken)
+    params = {"subject_id": "u1", "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
     with caplog.at_level(logging.ERROR):
-        response = await client.get(
-            "/v1/checks", params={"subject_id": "u1", "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
-        )
+        response = await client.get("/v1/checks", params=params)
     assert response.status_code == 500
     assert response.headers["content-type"] == PROBLEM
     assert response.json()["detail"] == "An unexpected error occurred; it has been logged."
     logged = [r for r in caplog.records if "unhandled error on GET /v1/checks" in r.getMessage()]
     assert len(logged) == 1
-    assert logged[0].exc_info is not None and "a bug in the lookup" in str(logged[0].exc_info[1])
+    assert logged[0].exc_info is not None
+    assert "a bug in the lookup" in str(logged[0].exc_info[1])
+    async with client_under(app, "", raise_app_exceptions=True) as raising:
+        with pytest.raises(RuntimeError, match="a bug in the lookup"):
+            await raising.get("/v1/checks", params=params)
 
 
 @pytest.mark.usefixtures("served")
 async def test_a_root_path_is_served(app: FastAPI, subject_id: str) -> None:
     """Behind a proxy that mounts the service under a prefix (uvicorn --root-path)."""
-    transport = httpx.ASGITransport(app=app, root_path="/consent")
-    async with httpx.AsyncClient(
-        transport=transport, base_url="http://testserver/consent", headers=auth(KEYS["app"])
-    ) as client:
+    seen: list[str] = []
+    app.add_middleware(Recorder, seen=seen)
+    async with client_under(app, "/consent") as client:
         await set_consent(client, subject_id, *OPTIONAL, "given")
-        response = await client.get(
-            "/v1/checks",
-            params={"subject_id": subject_id, "target": OPTIONAL[0], "purpose": OPTIONAL[1]},
-        )
-        assert response.status_code == 200, response.text
-        assert response.json()["decisions"][0]["allowed"] is True
+        assert (await check(client, subject_id, *OPTIONAL))["allowed"] is True
         response = await client.get("/v1/checks", params={"subject_id": subject_id})
         assert response.status_code == 422
         assert response.json()["instance"] == "/consent/v1/checks"
+    assert len(seen) == (0 if app.hot_routes else 3)
+
+
+def client_under(
+    app: FastAPI, root_path: str, *, raise_app_exceptions: bool = False
+) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(
+        app=app, root_path=root_path, raise_app_exceptions=raise_app_exceptions
+    )
+    return httpx.AsyncClient(
+        transport=transport, base_url=f"http://testserver{root_path}", headers=auth(KEYS["app"])
+    )
