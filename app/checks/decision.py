@@ -61,7 +61,12 @@ OS_DENIALS = frozenset({"denied", "denied_permanent"})
 _NO_PROMPT = frozenset({"account_cancelled", "guardian_consent_required"})
 
 
-@dataclass(frozen=True, slots=True)
+# ConsentState, OsState and Decision are values, never changed once made; they are not
+# ``frozen`` only because a frozen dataclass takes six times as long to make, and a batch check
+# makes up to a hundred of each (BENCHMARKS.md, step 16).
+
+
+@dataclass(slots=True)
 class ConsentState:
     """The part of a consent (current, or as of an instant) that the decision reads."""
 
@@ -117,7 +122,7 @@ class Policies:
         return latest
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OsState:
     """The last OS observation of a permission on one device."""
 
@@ -125,7 +130,7 @@ class OsState:
     last_denied_at: datetime | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     target: str
     purpose: str

@@ -2,6 +2,7 @@
 it would: the same documented routes, the router's 405 for other methods, the service's own 500,
 a root path; as served and as FastAPI alone would serve the same endpoints (conftest)."""
 
+import gc
 import logging
 
 import httpx
@@ -9,7 +10,9 @@ import pytest
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.config import Settings
 from app.core.serving import ConsentLedgerAPI
+from app.main import YOUNG_COLLECTION_EVERY, create_app
 from tests.factories import KEYS, OPTIONAL, auth, check, set_consent
 
 PROBLEM = "application/problem+json"
@@ -139,3 +142,15 @@ def client_under(
     return httpx.AsyncClient(
         transport=transport, base_url=f"http://testserver{root_path}", headers=auth(KEYS["app"])
     )
+
+
+async def test_the_collector_is_set_for_serving_and_restored_at_shutdown(
+    settings: Settings,
+) -> None:
+    before = gc.get_threshold()
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *before[1:])
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
