@@ -96,8 +96,11 @@ def run(command: list[str], env: dict[str, str] | None = None) -> str:
 
 
 @contextmanager
-def serving(factory: str, env: dict[str, str], workers: int, probe: str) -> Iterator[str]:
-    """uvicorn as production runs it; yields the base URL once ``probe`` answers."""
+def serving(
+    factory: str, env: dict[str, str], workers: int, probe: str, cwd: Path = ROOT
+) -> Iterator[str]:
+    """uvicorn as production runs it, serving the code under ``cwd``; yields the base URL once
+    ``probe`` answers."""
     port = free_port()
     command = [
         sys.executable,
@@ -121,7 +124,7 @@ def serving(factory: str, env: dict[str, str], workers: int, probe: str) -> Iter
     ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            command, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+            command, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
         )
         yield from _until_ready(process, log, f"http://127.0.0.1:{port}", factory, probe)
 
