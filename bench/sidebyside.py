@@ -15,9 +15,9 @@ import tempfile
 from contextlib import ExitStack
 from pathlib import Path
 
-from app.catalogue.loader import load_catalogue
 from bench.__main__ import (
     CHECK,
+    batch_pairs,
     lua_batch,
     lua_random,
     machine,
@@ -33,13 +33,12 @@ def main() -> None:
     parser.add_argument("trees", nargs="+", type=Path)
     parser.add_argument("--backend", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--subjects", type=int, default=1_000)
-    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
-    pairs = list(load_catalogue().pairs)[:20]
     scripts = {
         "check": lua_random(CHECK, args.subjects),
-        "batch": lua_batch(args.subjects, pairs),
+        "batch": lua_batch(args.subjects, batch_pairs()),
     }
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
