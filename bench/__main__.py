@@ -95,10 +95,21 @@ def run(command: list[str], env: dict[str, str] | None = None) -> str:
     return done.stdout
 
 
+class Server(str):
+    """A served app's base URL, and the process that serves it (with one worker, the worker)."""
+
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """The CPU time, user and system, that the server process has used so far (Linux)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def serving(
     factory: str, env: dict[str, str], workers: int, probe: str, cwd: Path = ROOT
-) -> Iterator[str]:
+) -> Iterator[Server]:
     """uvicorn as production runs it, serving the code under ``cwd``; yields the base URL once
     ``probe`` answers."""
     port = free_port()
@@ -131,7 +142,7 @@ def serving(
 
 def _until_ready(
     process: subprocess.Popen[bytes], log: IO[bytes], base: str, factory: str, probe: str
-) -> Iterator[str]:
+) -> Iterator[Server]:
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -146,7 +157,9 @@ def _until_ready(
             if time.monotonic() > deadline:
                 raise SystemExit(f"{factory} did not answer {probe}")
             time.sleep(0.2)
-        yield base
+        server = Server(base)
+        server.pid = process.pid
+        yield server
     finally:
         process.terminate()
         try:
@@ -217,10 +230,12 @@ def wrk(
             command += ["-s", lua.name]
         output = run([*command, base + path])
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output)[1])  # type: ignore[index]
+    requests = int(re.search(r"(\d+) requests in", output)[1])  # type: ignore[index]
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: (.*)", output)
     return {
         "rps": round(rps, 1),
+        "requests": requests,
         "non_2xx": int(non_2xx[1]) if non_2xx else 0,
         "socket_errors": errors[1] if errors else "",  # type: ignore[dict-item]
     }

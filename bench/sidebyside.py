@@ -6,7 +6,8 @@ and one server per TREE (each serving that TREE's code, one worker, production s
 together, and then, round after round, ``/bare``, every version's single check and every
 version's batch of 20 are measured with ``wrk -c64`` in turn, the order of the versions reversed
 every other round, so that the machine's drift falls on all of them alike. Prints each run and
-each version's medians: checks/s and ÷ bare, batches/s and the batch's cost in single checks.
+each version's medians: checks/s and ÷ bare, batches/s and the batch's cost in single checks,
+and the worker's CPU time per request (from /proc), which a noisy machine disturbs far less.
 """
 
 import argparse
@@ -51,6 +52,7 @@ def main() -> None:
         ]
         bare: list[float] = []
         runs: dict[tuple[int, str], list[float]] = {}
+        cpu: dict[tuple[int, str], list[float]] = {}  # the worker's CPU µs per request
         for n in range(args.rounds):
             bare.append(wrk(reference, "/bare", None, args.seconds, 64)["rps"])
             order = list(range(len(apps)))
@@ -58,20 +60,25 @@ def main() -> None:
                 order.reverse()
             for kind, script in scripts.items():
                 for i in order:
+                    used = apps[i].cpu_seconds()
                     done = wrk(apps[i], "/", key, args.seconds, 64, script)
+                    used = apps[i].cpu_seconds() - used
                     if done["non_2xx"] or done["socket_errors"]:
                         raise SystemExit(f"{args.trees[i]} {kind}: failed requests: {done}")
                     runs.setdefault((i, kind), []).append(done["rps"])
+                    cpu.setdefault((i, kind), []).append(used / done["requests"] * 1e6)
             print(f"  round {n + 1}: bare {bare[-1]:,.0f}", flush=True)
     base = statistics.median(bare)
     print(f"bare: {', '.join(f'{r:,.0f}' for r in bare)} (median {base:,.0f}/s)")
     for i, tree in enumerate(args.trees):
         check, batch = runs[(i, "check")], runs[(i, "batch")]
         c, b = statistics.median(check), statistics.median(batch)
+        c_cpu, b_cpu = statistics.median(cpu[(i, "check")]), statistics.median(cpu[(i, "batch")])
         print(
             f"{tree}: check {', '.join(f'{r:,.0f}' for r in check)} (median {c:,.0f}/s, "
             f"÷ bare {c / base:.3f}); batch {', '.join(f'{r:,.0f}' for r in batch)} "
-            f"(median {b:,.0f}/s, cost {c / b:.2f} checks)"
+            f"(median {b:,.0f}/s, cost {c / b:.2f} checks); worker CPU per request: "
+            f"check {c_cpu:.0f} µs, batch {b_cpu:.0f} µs ({b_cpu / c_cpu:.2f} checks)"
         )
 
 
