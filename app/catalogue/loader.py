@@ -113,16 +113,22 @@ class CatalogueFile(BaseModel):
         return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Pair:
-    """A (target, purpose) pair the catalogue allows, with what the decision needs to know."""
+    """A (target, purpose) pair the catalogue allows, with what the decision needs to know,
+    worked out once: a batch check reads them for up to a hundred pairs (BENCHMARKS.md)."""
 
     target: TargetEntry
     purpose: PurposeEntry
+    key: tuple[str, str] = field(init=False)  # (target key, purpose key), as consents are keyed
+    necessary: bool = field(init=False)  # contract basis, necessary: no consent needed
+    permission: bool = field(init=False)  # the target is a mobile system permission
 
-    @property
-    def necessary(self) -> bool:
-        return self.purpose.legal_basis == "contract" and self.purpose.necessary
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.target.key, self.purpose.key))
+        necessary = self.purpose.legal_basis == "contract" and self.purpose.necessary
+        object.__setattr__(self, "necessary", necessary)
+        object.__setattr__(self, "permission", self.target.kind == "permission")
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from app.catalogue.loader import Pair
+from app.core.schemas import Instant
 
 Reason = Literal[
     "necessary",
@@ -140,7 +141,7 @@ class Decision:
     event_id: uuid.UUID | None
     policy_version: str | None
     may_prompt: bool | None = None
-    next_prompt_after: datetime | None = None
+    next_prompt_after: Instant | None = None  # a datetime, with the API's one textual form
     settings_required: bool | None = None
 
 
@@ -157,30 +158,35 @@ def decide(
 ) -> Decision:
     """``device``: the check named a device, so the OS state of ``pair``'s permission counts (an
     unobserved permission counts as ``not_determined``)."""
-    state = consent.state if consent else "not_asked"
-    if consent and state == "given" and consent.expires_at is not None and consent.expires_at <= at:
-        state = "expired"
+    if consent is None:
+        state = "not_asked"
+    else:
+        state = consent.state
+        if state == "given" and consent.expires_at is not None and consent.expires_at <= at:
+            state = "expired"
     reason = _reason(pair, consent, state, subject, policies, at)
-    os_state = os.state if os else "not_determined"  # never observed: the app has not asked yet
-    if reason is None and pair.target.kind == "permission" and device and os_state not in OS_ALLOWS:
+    if (
+        reason is None
+        and device
+        and pair.permission
+        # never observed: "not_determined", the app has not asked yet
+        and (os is None or os.state not in OS_ALLOWS)
+    ):
         reason = "os_denied"
     allowed = reason is None or reason == "necessary"
-    reason = reason or "consent_given"
-    advice = (
-        _prompt_advice(allowed, reason, consent, subject, os, at, prompt_cooldown)
-        if pair.target.kind == "permission"
-        else (None, None, None)
+    if consent is None or reason == "necessary":
+        event_id, version = None, None
+    else:
+        event_id, version = consent.event_id, consent.policy_version
+    target, purpose = pair.key
+    decision = Decision(
+        target, purpose, allowed, reason or "consent_given", state, event_id, version
     )
-    return Decision(
-        pair.target.key,
-        pair.purpose.key,
-        allowed,
-        reason,
-        state,
-        consent.event_id if consent and reason != "necessary" else None,
-        consent.policy_version if consent and reason != "necessary" else None,
-        *advice,
-    )
+    if pair.permission:
+        decision.may_prompt, decision.next_prompt_after, decision.settings_required = (
+            _prompt_advice(decision, consent, subject, os, at, prompt_cooldown)
+        )
+    return decision
 
 
 def _reason(
@@ -210,8 +216,7 @@ def _reason(
 
 
 def _prompt_advice(
-    allowed: bool,
-    reason: Reason,
+    decision: Decision,
     consent: ConsentState | None,
     subject: SubjectFacts,
     os: OsState | None,
@@ -222,7 +227,7 @@ def _prompt_advice(
     when it is pointless (already allowed), forbidden (a cancelled account, a child with no
     guardian on file), or only the system settings can help; none within ``cooldown`` of the
     user's last refusal of this target for this purpose, in the app's dialog or the OS's."""
-    if allowed or reason in _NO_PROMPT or subject.unguarded_child:
+    if decision.allowed or decision.reason in _NO_PROMPT or subject.unguarded_child:
         return False, None, False
     if os is not None and os.state in OS_SETTINGS_ONLY:
         return False, None, True

@@ -52,7 +52,7 @@ async def check(
         for r in rows
     }
     os: dict[str, OsState] = {}
-    if device_id is not None and any(p.target.kind == "permission" for p in pairs):
+    if device_id is not None and any(p.permission for p in pairs):
         observations = await session.exec(
             select(PermissionObservation).where(
                 PermissionObservation.subject_id == subject_id,
@@ -75,15 +75,16 @@ def decide_all(
     device_id: str | None,
 ) -> list[Decision]:
     cooldown = timedelta(hours=settings.prompt_cooldown_hours)
+    device = device_id is not None
     return [
         decide(
             p,
-            consents.get((p.target.key, p.purpose.key)),
+            consents.get(p.key),
             subject=facts,
             policies=policies,
             at=now,
-            os=os.get(p.target.key),
-            device=device_id is not None,
+            os=os.get(p.key[0]) if os else None,
+            device=device,
             prompt_cooldown=cooldown,
         )
         for p in pairs
