@@ -96,12 +96,15 @@ def run(command: list[str], env: dict[str, str] | None = None) -> str:
 
 
 class Server(str):
-    """A served app's base URL, and the process that serves it (with one worker, the worker)."""
+    """A served app's base URL (it is the string), and the process that serves it."""
 
     pid: int
+    workers: int
 
     def cpu_seconds(self) -> float:
-        """The CPU time, user and system, that the server process has used so far (Linux)."""
+        """The CPU time, user and system, that the server has used so far (Linux). Only with
+        one worker: the process is then the worker, not a supervisor of others."""
+        assert self.workers == 1, "a supervisor's own time is not its workers'"
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -110,8 +113,8 @@ class Server(str):
 def serving(
     factory: str, env: dict[str, str], workers: int, probe: str, cwd: Path = ROOT
 ) -> Iterator[Server]:
-    """uvicorn as production runs it, serving the code under ``cwd``; yields the base URL once
-    ``probe`` answers."""
+    """uvicorn as production runs it, serving the code under ``cwd``; yields the base URL (with
+    the server's process) once ``probe`` answers."""
     port = free_port()
     command = [
         sys.executable,
@@ -137,11 +140,13 @@ def serving(
         process = subprocess.Popen(
             command, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=subprocess.STDOUT
         )
-        yield from _until_ready(process, log, f"http://127.0.0.1:{port}", factory, probe)
+        server = Server(f"http://127.0.0.1:{port}")
+        server.pid, server.workers = process.pid, workers
+        yield from _until_ready(process, log, server, factory, probe)
 
 
 def _until_ready(
-    process: subprocess.Popen[bytes], log: IO[bytes], base: str, factory: str, probe: str
+    process: subprocess.Popen[bytes], log: IO[bytes], base: Server, factory: str, probe: str
 ) -> Iterator[Server]:
     try:
         deadline = time.monotonic() + 60
@@ -157,9 +162,7 @@ def _until_ready(
             if time.monotonic() > deadline:
                 raise SystemExit(f"{factory} did not answer {probe}")
             time.sleep(0.2)
-        server = Server(base)
-        server.pid = process.pid
-        yield server
+        yield base
     finally:
         process.terminate()
         try:

@@ -66,7 +66,7 @@ def main() -> None:
                     if done["non_2xx"] or done["socket_errors"]:
                         raise SystemExit(f"{args.trees[i]} {kind}: failed requests: {done}")
                     runs.setdefault((i, kind), []).append(done["rps"])
-                    cpu.setdefault((i, kind), []).append(used / done["requests"] * 1e6)
+                    cpu.setdefault((i, kind), []).append(used / max(1, done["requests"]) * 1e6)
             print(f"  round {n + 1}: bare {bare[-1]:,.0f}", flush=True)
     base = statistics.median(bare)
     print(f"bare: {', '.join(f'{r:,.0f}' for r in bare)} (median {base:,.0f}/s)")
@@ -78,7 +78,8 @@ def main() -> None:
             f"{tree}: check {', '.join(f'{r:,.0f}' for r in check)} (median {c:,.0f}/s, "
             f"÷ bare {c / base:.3f}); batch {', '.join(f'{r:,.0f}' for r in batch)} "
             f"(median {b:,.0f}/s, cost {c / b:.2f} checks); worker CPU per request: "
-            f"check {c_cpu:.0f} µs, batch {b_cpu:.0f} µs ({b_cpu / c_cpu:.2f} checks)"
+            f"check {c_cpu:.0f} µs, batch {b_cpu:.0f} µs (ratio {b_cpu / c_cpu:.2f}; the "
+            "database's share not counted)"
         )
 
 

@@ -120,9 +120,10 @@ class Pair:
 
     target: TargetEntry
     purpose: PurposeEntry
-    key: tuple[str, str] = field(init=False)  # (target key, purpose key), as consents are keyed
-    necessary: bool = field(init=False)  # contract basis, necessary: no consent needed
-    permission: bool = field(init=False)  # the target is a mobile system permission
+    # Worked out from the two above (so left out of equality and repr):
+    key: tuple[str, str] = field(init=False, compare=False, repr=False)  # as consents are keyed
+    necessary: bool = field(init=False, compare=False, repr=False)  # no consent needed
+    permission: bool = field(init=False, compare=False, repr=False)  # a system permission
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "key", (self.target.key, self.purpose.key))

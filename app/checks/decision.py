@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from app.catalogue.loader import Pair
-from app.core.schemas import Instant
+from app.core.types import Instant
 
 Reason = Literal[
     "necessary",
@@ -179,14 +179,16 @@ def decide(
     else:
         event_id, version = consent.event_id, consent.policy_version
     target, purpose = pair.key
-    decision = Decision(
-        target, purpose, allowed, reason or "consent_given", state, event_id, version
+    reason = reason or "consent_given"
+    if not pair.permission:
+        return Decision(target, purpose, allowed, reason, state, event_id, version)
+    may_prompt, next_prompt_after, settings_required = _prompt_advice(
+        allowed, reason, consent, subject, os, at, prompt_cooldown
     )
-    if pair.permission:
-        decision.may_prompt, decision.next_prompt_after, decision.settings_required = (
-            _prompt_advice(decision, consent, subject, os, at, prompt_cooldown)
-        )
-    return decision
+    return Decision(
+        target, purpose, allowed, reason, state, event_id, version,
+        may_prompt, next_prompt_after, settings_required,
+    )  # fmt: skip
 
 
 def _reason(
@@ -216,7 +218,8 @@ def _reason(
 
 
 def _prompt_advice(
-    decision: Decision,
+    allowed: bool,
+    reason: Reason,
     consent: ConsentState | None,
     subject: SubjectFacts,
     os: OsState | None,
@@ -227,7 +230,7 @@ def _prompt_advice(
     when it is pointless (already allowed), forbidden (a cancelled account, a child with no
     guardian on file), or only the system settings can help; none within ``cooldown`` of the
     user's last refusal of this target for this purpose, in the app's dialog or the OS's."""
-    if decision.allowed or decision.reason in _NO_PROMPT or subject.unguarded_child:
+    if allowed or reason in _NO_PROMPT or subject.unguarded_child:
         return False, None, False
     if os is not None and os.state in OS_SETTINGS_ONLY:
         return False, None, True

@@ -8,11 +8,11 @@ from app.core.schemas import SUBJECT_ID_DESCRIPTION, CatalogueKey, Instant, Subj
 from app.permissions.schemas import DeviceId
 
 
+# A dictionary, not a model: a batch holds up to a hundred, and validating each into a model
+# instance was a measurable share of a batch check (BENCHMARKS.md, step 17). (No docstring: it
+# would become the schema's description in the OpenAPI document.)
 @with_config(ConfigDict(extra="forbid"))
 class CheckItem(TypedDict):
-    """A dictionary, not a model: a batch holds up to a hundred, and validating each into a
-    model instance was a measurable share of a batch check (BENCHMARKS.md, step 17)."""
-
     target: CatalogueKey
     purpose: CatalogueKey
 

@@ -11,12 +11,11 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    PlainSerializer,
     StringConstraints,
     ValidationError,
 )
 
-from app.core.types import isoformat_z
+from app.core.types import Instant as Instant  # re-exported: the schemas' type
 
 # Printable text: no C0/C1 control characters (they break logs, CSV exports and the canonical
 # encoding of the ledger), and no U+FFFD, which is what invalid UTF-8 in a URL decodes to: two
@@ -43,8 +42,6 @@ ShortText = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=NO_CONTROL_CHARACTERS)
 ]
 
-# Every instant the API returns has the one form the ledger hashes: 2026-01-31T12:00:00.000000Z.
-Instant = Annotated[datetime, PlainSerializer(isoformat_z, return_type=str)]
 EARLIEST_INSTANT = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
 

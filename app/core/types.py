@@ -1,11 +1,12 @@
-"""Column types and identifiers shared by every table."""
+"""Column types and identifiers shared by every table, and the one textual form of an instant."""
 
 import os
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import PlainSerializer
 from sqlalchemy import DateTime
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
@@ -55,3 +56,7 @@ def isoformat_z(value: datetime) -> str:
     """The one textual form of an instant: ``2026-01-31T12:00:00.000000Z``."""
     value = value.astimezone(UTC)
     return f"{value.year:04d}" + value.strftime("-%m-%dT%H:%M:%S.%fZ")
+
+
+# Every instant the API returns has the one form the ledger hashes: 2026-01-31T12:00:00.000000Z.
+Instant = Annotated[datetime, PlainSerializer(isoformat_z, return_type=str)]

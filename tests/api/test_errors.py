@@ -170,6 +170,9 @@ async def test_bad_cursor(client: httpx.AsyncClient, subject_id: str, cursor: st
         {"subject_id": "", "items": [{"target": "gender", "purpose": "service_improvement"}]},
         {"items": [{"target": "gender", "purpose": "service_improvement"}]},
         {"subject_id": "u1", "items": [{"target": "gender"}]},
+        {"subject_id": "u1", "items": ["gender"]},
+        {"subject_id": "u1", "items": [None]},
+        {"subject_id": "u1", "items": [{"target": "gender", "purpose": 7}]},
     ],
 )
 async def test_bad_check_requests(client: httpx.AsyncClient, body: object) -> None:
@@ -189,6 +192,15 @@ async def test_a_check_names_the_bad_item(client: httpx.AsyncClient) -> None:
     )
     body = assert_problem(response, 422)
     assert body["errors"][0]["loc"] == ["body", "items", 1, "target"]  # type: ignore[index]
+
+
+async def test_a_check_item_with_a_key_of_its_own_is_refused(client: httpx.AsyncClient) -> None:
+    """Items are closed objects: a misspelt or extra key is an error, not silently dropped."""
+    item = {"target": OPTIONAL[0], "purpose": OPTIONAL[1], "device": "phone-1"}
+    response = await client.post("/v1/checks", json={"subject_id": "u1", "items": [item]})
+    body = assert_problem(response, 422)
+    [error] = body["errors"]  # type: ignore[misc]
+    assert (error["loc"], error["type"]) == (["body", "items", 0, "device"], "extra_forbidden")
 
 
 @pytest.mark.parametrize(

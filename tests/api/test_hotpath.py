@@ -4,6 +4,8 @@ in, on both databases; and nothing it caches can serve a stale allow."""
 
 import json
 import sqlite3
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -11,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from app.checks import service
+from app.checks.decision import ConsentState, Policies, SubjectFacts, decide
 from app.checks.router import answer
 from app.checks.schemas import CheckResponse
 from tests.api.test_rules import CAMERA, GUARDIAN, publish
@@ -282,3 +285,23 @@ async def test_the_batch_check_reads_its_body_as_fastapi_would(
         headers={"content-type": "application/merge-patch+json; charset=utf-8"},
     )
     assert typed.status_code == 200, typed.text
+
+
+def test_the_checks_body_has_the_documented_shape_and_the_apis_one_form_of_an_instant(
+    app: FastAPI,
+) -> None:
+    """The check serialises its decisions as they are (``answer``), not through CheckResponse:
+    it must still be CheckResponse, field for field and in its order, with every instant as
+    the API writes them."""
+    pairs = app.state.catalogue.pairs
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    refused = ConsentState("refused", uuid.uuid4(), "2022-02", now, None)  # a whole second
+    decisions = [
+        decide(pairs[pair], stored, subject=SubjectFacts(), policies=Policies(), at=now)
+        for pair, stored in ((CAMERA, refused), (OPTIONAL, None), (NECESSARY, None))
+    ]
+    body = answer("subject-1", decisions)
+    assert body == CheckResponse.model_validate_json(body).model_dump_json().encode()
+    first = json.loads(body)["decisions"][0]
+    assert first["next_prompt_after"] == "2026-06-03T00:00:00.000000Z"
+    assert first["event_id"] == str(refused.event_id)

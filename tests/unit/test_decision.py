@@ -1,6 +1,5 @@
 """The decision rules, in order, as a pure function."""
 
-import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -8,8 +7,6 @@ import pytest
 
 from app.catalogue.loader import load_catalogue
 from app.checks.decision import ConsentState, OsState, Policies, SubjectFacts, decide
-from app.checks.router import answer
-from app.checks.schemas import CheckResponse
 from app.core.config import Settings
 
 CATALOGUE = load_catalogue()
@@ -140,19 +137,3 @@ def test_child_ages_override_the_defaults_one_by_one() -> None:
         14,
         15,
     )
-
-
-def test_the_checks_body_has_the_documented_shape_and_the_apis_one_form_of_an_instant() -> None:
-    """The check serialises its decisions as they are (app.checks.router.answer), not through
-    CheckResponse: it must still be CheckResponse, with every instant as the API writes them."""
-    camera = CATALOGUE.pairs[("permission.camera", "app_features")]
-    refused = ConsentState("refused", uuid.uuid4(), "2022-02", NOW, None)  # a whole second
-    decisions = [
-        decide(pair, stored, subject=SubjectFacts(), policies=POLICIES, at=NOW)
-        for pair, stored in ((camera, refused), (OPTIONAL, None), (NECESSARY, None))
-    ]
-    body = answer("subject-1", decisions)
-    assert CheckResponse.model_validate_json(body).model_dump(mode="json") == json.loads(body)
-    first = json.loads(body)["decisions"][0]
-    assert first["next_prompt_after"] == "2026-06-03T00:00:00.000000Z"
-    assert first["event_id"] == str(refused.event_id)
