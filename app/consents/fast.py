@@ -20,8 +20,8 @@ queued behind the other writers. A response remembered meanwhile under the same
 is then read again and answered from it.
 
 On SQLite, the database's write lock is taken once the key is found (``BEGIN IMMEDIATE``) and
-held to the commit: the reads run in one hop to the writer thread, the store and the commit in
-another.
+held to the commit. The reads and the store run on the event loop's thread, the commit (and a
+read that finds the database busy, to wait for it) on the writer's thread (``SqliteWriter``).
 
 The ORM still writes the ledger everywhere else (cancellations, erasure, a child found after the
 fact) through ``record_events``, which shares ``chain_events`` and ``stop_messages`` with this.
@@ -478,8 +478,12 @@ class _Sqlite(_Writer):
         writer = await self.hot.sqlite_writer()
         try:
             async with writer.held():
-                stored = plan(await writer.call(self._read))
-                await writer.call(lambda connection: self._store(connection, stored))
+                read = writer.here(self._read)  # None: busy, so wait for it on the thread
+                stored = plan(read[0] if read is not None else await writer.call(self._read))
+                # The write lock is held: only a rare recovery could make the database busy now.
+                if writer.here(lambda connection: self._store(connection, stored)) is None:
+                    raise DatabaseUnavailable("The database is busy; retry shortly.")
+                await writer.call(_commit)  # waits for the disk: on the thread
         except _Replay:
             raise
         except Exception as exc:
@@ -551,4 +555,7 @@ class _Sqlite(_Writer):
                 self.subject_id,
             ),
         )
-        connection.execute("COMMIT")
+
+
+def _commit(connection: sqlite3.Connection) -> None:
+    connection.execute("COMMIT")

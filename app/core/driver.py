@@ -105,8 +105,16 @@ def as_uuid(value: Any) -> uuid.UUID:
 
 
 class SqliteWriter:
-    """One sqlite3 connection for the driver's write transactions, used only from its own
-    thread; a transaction holds it from BEGIN IMMEDIATE to COMMIT or ROLLBACK."""
+    """One sqlite3 connection for the driver's write transactions; a transaction holds it from
+    BEGIN IMMEDIATE to COMMIT or ROLLBACK (``held``).
+
+    A transaction's statements run on the event loop's thread (``here``): each reads or writes
+    a few pages in memory, and handing each to another thread cost more than running it, as
+    the two threads then pass the interpreter back and forth (BENCHMARKS.md, step 18). They
+    never wait there for the database's write lock: the busy timeout is zero, and work that
+    finds the database busy is run again on the writer's own thread (``call``), which waits
+    for it as every other connection does. The commit, which waits for the disk, runs there
+    too."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -114,19 +122,43 @@ class SqliteWriter:
         self._lock = asyncio.Lock()
         self._connection: sqlite3.Connection | None = None
 
+    def _open(self) -> sqlite3.Connection:
+        if self._connection is None:
+            connection = sqlite3.connect(
+                self.path, timeout=0, isolation_level=None, check_same_thread=False
+            )
+            # As the ORM's connections (app.core.db): durable commits, foreign keys enforced.
+            for pragma in ("synchronous=FULL", "foreign_keys=ON"):
+                connection.execute(f"PRAGMA {pragma}")
+            self._connection = connection
+        return self._connection
+
+    def here(self, work: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
+        """``(work's result,)`` on this thread, or None, rolled back, if the database was busy."""
+        connection = self._open()
+        try:
+            return (work(connection),)
+        except sqlite3.OperationalError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in (
+                sqlite3.SQLITE_BUSY,
+                sqlite3.SQLITE_LOCKED,
+            ):
+                raise
+        _rollback_if_open(connection)
+        return None
+
     async def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` on the writer's thread, waiting for the database as long as others do."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._on_thread, work)
 
     def _on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._connection is None:
-            connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            # As the ORM's connections (app.core.db): durable commits, foreign keys enforced.
-            for pragma in ("synchronous=FULL", "foreign_keys=ON"):
-                connection.execute(f"PRAGMA {pragma}")
-            connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-            self._connection = connection
-        return work(self._connection)
+        connection = self._open()
+        connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        try:
+            return work(connection)
+        finally:
+            connection.execute("PRAGMA busy_timeout=0")
 
     @asynccontextmanager
     async def held(self) -> AsyncIterator[None]:
@@ -142,13 +174,10 @@ class SqliteWriter:
             self._lock.release()
 
     async def close(self) -> None:
-        def close(connection: sqlite3.Connection) -> None:
-            connection.close()
-
+        self._executor.shutdown(wait=True)  # what was handed to the thread is done first
         if self._connection is not None:
-            await self.call(close)
+            self._connection.close()
             self._connection = None
-        self._executor.shutdown(wait=True)
 
 
 def _rollback_if_open(connection: sqlite3.Connection) -> None:

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from app.consents import fast
 from app.core.config import Settings
 from tests.api.test_chain import recompute
-from tests.factories import OPTIONAL, OPTIONAL_2, all_events, auth, set_consent
+from tests.factories import OPTIONAL, OPTIONAL_2, all_events, auth, check, set_consent
 
 
 @pytest.fixture
@@ -193,3 +193,36 @@ async def test_an_unknown_key_is_refused_without_taking_the_write_lock(
     finally:
         other_writer.execute("ROLLBACK")
         other_writer.close()
+
+
+async def test_a_change_that_finds_the_database_busy_waits_for_it_without_holding_up_checks(
+    backend: str, settings: Settings, app: FastAPI, client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """SQLite: a change's statements run on the event loop's thread, never waiting there for the
+    write lock; one that finds it taken waits for it on the writer's thread meanwhile."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's write lock is the whole database's")
+    connection = (await app.state.hot_path.sqlite_writer())._open()
+    assert connection.execute("PRAGMA busy_timeout").fetchone() == (0,)  # never waits here
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+    other_writer = sqlite3.connect(settings.database_url.split(":///", 1)[1], isolation_level=None)
+    other_writer.execute("BEGIN IMMEDIATE")
+    try:
+        change = asyncio.create_task(
+            client.put(_url(subject_id, OPTIONAL), json={"state": "withdrawn"})
+        )
+        await asyncio.sleep(0.2)
+        assert not change.done()  # waiting for the lock, on the thread
+        decision = await asyncio.wait_for(check(client, subject_id, *OPTIONAL), 5)
+        assert decision["allowed"] is True  # the loop answers meanwhile, from what is committed
+    finally:
+        other_writer.execute("ROLLBACK")
+        other_writer.close()
+    response = await asyncio.wait_for(change, 10)
+    assert response.status_code == 200, response.text
+    assert (await check(client, subject_id, *OPTIONAL))["reason"] == "withdrawn"
+    # The next change, with the database free, is written on the loop's thread again, where
+    # the connection never waits for the lock.
+    await set_consent(client, subject_id, *OPTIONAL, "given")
+    assert len(await all_events(client, subject_id)) == 3
+    assert connection.execute("PRAGMA busy_timeout").fetchone() == (0,)
