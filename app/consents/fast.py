@@ -1,4 +1,4 @@
-"""Consent changes on the driver (asyncpg; sqlite3 on a writer thread of its own), bypassing the
+"""Consent changes on the driver (asyncpg; sqlite3, with a thread for its commits), bypassing the
 ORM: the write half of the hot path. A change is
 
 1. **read**: the credential's key row, the subject and the head of its chain, its current

@@ -121,8 +121,11 @@ class SqliteWriter:
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="consent-writer")
         self._lock = asyncio.Lock()
         self._connection: sqlite3.Connection | None = None
+        self._closed = False
 
     def _open(self) -> sqlite3.Connection:
+        if self._closed:
+            raise DatabaseUnavailable("The service is shutting down; retry shortly.")
         if self._connection is None:
             connection = sqlite3.connect(
                 self.path, timeout=0, isolation_level=None, check_same_thread=False
@@ -168,13 +171,30 @@ class SqliteWriter:
         try:
             yield
         except BaseException:
-            await self.call(_rollback_if_open)
+            await self._roll_back_after_the_thread()
             raise
         finally:
             self._lock.release()
 
+    async def _roll_back_after_the_thread(self) -> None:
+        """Roll back what is open once the thread has done what it was handed (a cancelled
+        request may have left a commit or a read running there), and only then return, even if
+        cancelled again meanwhile: the next transaction must find the connection idle."""
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._on_thread, _rollback_if_open)
+        while True:
+            try:
+                await asyncio.shield(done)  # the thread takes its work in order: this is last
+                return
+            except asyncio.CancelledError:
+                if done.done():  # finished meanwhile: the connection is idle
+                    raise
+                # else wait on; the caller then re-raises what brought it here
+
     async def close(self) -> None:
-        self._executor.shutdown(wait=True)  # what was handed to the thread is done first
+        async with self._lock:  # no transaction under way, and none to come
+            self._closed = True
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
         if self._connection is not None:
             self._connection.close()
             self._connection = None

@@ -5,7 +5,9 @@ left, as if it had come second. (On SQLite the write lock is held from the read 
 nothing can come in between.)"""
 
 import asyncio
+import contextlib
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from fastapi import FastAPI
 
 from app.consents import fast
 from app.core.config import Settings
+from app.core.driver import SqliteWriter
 from tests.api.test_chain import recompute
 from tests.factories import OPTIONAL, OPTIONAL_2, all_events, auth, check, set_consent
 
@@ -196,21 +199,35 @@ async def test_an_unknown_key_is_refused_without_taking_the_write_lock(
 
 
 async def test_a_change_that_finds_the_database_busy_waits_for_it_without_holding_up_checks(
-    backend: str, settings: Settings, app: FastAPI, client: httpx.AsyncClient, subject_id: str
+    backend: str,
+    settings: Settings,
+    client: httpx.AsyncClient,
+    subject_id: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """SQLite: a change's statements run on the event loop's thread, never waiting there for the
-    write lock; one that finds it taken waits for it on the writer's thread meanwhile."""
+    """SQLite: a change's statements run on the event loop's thread, and only its commit is
+    handed to the writer's thread; a change that finds the write lock taken waits for it there,
+    and the loop answers checks meanwhile."""
     if backend != "sqlite":
         pytest.skip("SQLite's write lock is the whole database's")
-    connection = (await app.state.hot_path.sqlite_writer())._open()
-    assert connection.execute("PRAGMA busy_timeout").fetchone() == (0,)  # never waits here
+    handed: list[str] = []
+    on_thread = SqliteWriter._on_thread
+
+    def counted(self: SqliteWriter, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        handed.append(getattr(work, "__name__", "?"))
+        return on_thread(self, work)
+
+    monkeypatch.setattr(SqliteWriter, "_on_thread", counted)
     await set_consent(client, subject_id, *OPTIONAL, "given")
+    assert handed == ["_commit"]  # the database free: nothing else left the loop's thread
+
+    handed.clear()
     other_writer = sqlite3.connect(settings.database_url.split(":///", 1)[1], isolation_level=None)
     other_writer.execute("BEGIN IMMEDIATE")
+    change = asyncio.create_task(
+        client.put(_url(subject_id, OPTIONAL), json={"state": "withdrawn"})
+    )
     try:
-        change = asyncio.create_task(
-            client.put(_url(subject_id, OPTIONAL), json={"state": "withdrawn"})
-        )
         await asyncio.sleep(0.2)
         assert not change.done()  # waiting for the lock, on the thread
         decision = await asyncio.wait_for(check(client, subject_id, *OPTIONAL), 5)
@@ -218,11 +235,45 @@ async def test_a_change_that_finds_the_database_busy_waits_for_it_without_holdin
     finally:
         other_writer.execute("ROLLBACK")
         other_writer.close()
-    response = await asyncio.wait_for(change, 10)
+        response = await asyncio.wait_for(change, 10)
     assert response.status_code == 200, response.text
+    assert handed == ["_read", "_commit"]  # read again on the thread, to wait there
     assert (await check(client, subject_id, *OPTIONAL))["reason"] == "withdrawn"
-    # The next change, with the database free, is written on the loop's thread again, where
-    # the connection never waits for the lock.
-    await set_consent(client, subject_id, *OPTIONAL, "given")
-    assert len(await all_events(client, subject_id)) == 3
-    assert connection.execute("PRAGMA busy_timeout").fetchone() == (0,)
+    assert len(await all_events(client, subject_id)) == 2
+
+
+async def test_a_change_cancelled_while_it_commits_leaves_the_connection_idle(
+    backend: str,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    subject_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request cancelled (twice) while its commit runs on the thread: the lock is released
+    only after the thread is done, so the next change finds no transaction open."""
+    if backend != "sqlite":
+        pytest.skip("the SQLite writer's thread")
+    writer = await app.state.hot_path.sqlite_writer()
+    release = threading.Event()
+
+    def slow_commit(connection: sqlite3.Connection) -> None:
+        release.wait(5)
+        connection.execute("COMMIT")
+
+    monkeypatch.setattr(fast, "_commit", slow_commit)
+    try:
+        change = asyncio.create_task(
+            client.put(_url(subject_id, OPTIONAL), json={"state": "given"})
+        )
+        await asyncio.sleep(0.2)
+        change.cancel()
+        await asyncio.sleep(0.05)
+        change.cancel()
+        await asyncio.sleep(0.05)
+        assert writer._lock.locked()  # still held: the commit has not finished
+    finally:
+        release.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await change
+    await set_consent(client, subject_id, *OPTIONAL_2, "given")  # no transaction left open
+    assert len(await all_events(client, subject_id)) == 2  # the first commit went through
