@@ -98,6 +98,13 @@ def _node(left: bytes, right: bytes) -> bytes:
     return hashlib.sha256(b"\x01" + left + right).digest()
 
 
+# Heads handled between two turns of the event loop. The periodic checkpoint runs inside a
+# serving worker, over every subject's head: folded 5,000 at a time, it held the loop (and every
+# check waiting on it) for up to 184 ms at a time on a slow machine, ten seconds in all for
+# 151,000 subjects (BENCHMARKS.md, step 19).
+ROWS_PER_TURN = 500
+
+
 def merkle_root(heads: Iterable[tuple[str, int, str]]) -> str:
     """The root over (subject_id, seq, head_hash) chain heads, in any order."""
     fold = MerkleFold()
@@ -246,7 +253,7 @@ async def check_against(session: AsyncSession, checkpoint: Checkpoint) -> list[H
         .order_by(col(CheckpointHead.subject_id))
     )
     problems = []
-    result = await session.stream(statement.execution_options(yield_per=2000))
+    result = await session.stream(statement.execution_options(yield_per=ROWS_PER_TURN))
     async for subject_id, seq, expected, found in result:
         if found != expected:
             problems.append(HeadProblem(subject_id, seq, expected, found))
@@ -269,7 +276,7 @@ async def stored_heads_root(session: AsyncSession, checkpoint: Checkpoint) -> st
         .order_by(_byte_order(session))
     )
     fold = MerkleFold()
-    result = await session.stream(statement.execution_options(yield_per=5000))
+    result = await session.stream(statement.execution_options(yield_per=ROWS_PER_TURN))
     async for partition in result.partitions():
         for subject_id, seq, head_hash in partition:
             fold.add(subject_id, seq, head_hash)
@@ -284,7 +291,7 @@ async def stream_heads(database: Database, checkpoint_id: uuid.UUID) -> AsyncIte
             .where(CheckpointHead.checkpoint_id == checkpoint_id)
             .order_by(col(CheckpointHead.subject_id))
         )
-        result = await session.stream(statement.execution_options(yield_per=5000))
+        result = await session.stream(statement.execution_options(yield_per=ROWS_PER_TURN))
         async for partition in result.partitions():
             yield "".join(
                 json.dumps({"subject_id": s, "seq": q, "head_hash": h}, ensure_ascii=False) + "\n"

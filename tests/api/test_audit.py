@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from fastapi import FastAPI
 from sqlalchemy import text
 
+from app.audit import checkpoints
 from app.audit.checkpoints import create_checkpoint
 from app.core.config import Settings
 from app.main import create_app
@@ -315,8 +316,14 @@ async def test_checkpoints_verify_with_the_public_key_alone(
     assert report["ok"] is False
 
 
-async def test_the_merkle_root_is_what_the_readme_says(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("rows_per_turn", [1, checkpoints.ROWS_PER_TURN])
+async def test_the_merkle_root_is_what_the_readme_says(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, rows_per_turn: int
+) -> None:
+    """Also with the heads read a row at a time between turns of the event loop."""
     import hashlib
+
+    monkeypatch.setattr(checkpoints, "ROWS_PER_TURN", rows_per_turn)
 
     heads = []
     for subject in ("m-b", "m-a", "m-c"):
