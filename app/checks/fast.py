@@ -35,6 +35,7 @@ from app.core.driver import (
     day,
     instant,
     key_row,
+    sqlite_busy,
     unavailable,
     when,
 )
@@ -305,8 +306,7 @@ class HotPath:
         try:
             [row] = self._direct.execute(SQLITE_LOOKUP, parameters).fetchall()
         except sqlite3.OperationalError as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
-            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if sqlite_busy(exc):
                 return None
             raise
         return row

@@ -142,10 +142,7 @@ class SqliteWriter:
         try:
             return (work(connection),)
         except sqlite3.OperationalError as exc:
-            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) not in (
-                sqlite3.SQLITE_BUSY,
-                sqlite3.SQLITE_LOCKED,
-            ):
+            if not sqlite_busy(exc):
                 raise
         _rollback_if_open(connection)
         return None
@@ -198,6 +195,15 @@ class SqliteWriter:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def sqlite_busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock the statement needed (by the primary code of an
+    extended one: BUSY_RECOVERY, BUSY_SNAPSHOT, … too)."""
+    return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in (
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+    )
 
 
 def _rollback_if_open(connection: sqlite3.Connection) -> None:
