@@ -80,10 +80,9 @@ def _background_jobs(
         # Every worker looks often; the first to find the latest checkpoint older than the
         # interval writes the next one, under a lock, so there is one per interval.
         async def checkpoint() -> None:
-            async with database.write_sessions() as session, session.begin():
-                written = await create_checkpoint(
-                    session, key, unless_newer_than=timedelta(seconds=interval)
-                )
+            written = await create_checkpoint(
+                database, key, unless_newer_than=timedelta(seconds=interval)
+            )
             if written is not None:
                 logger.info("checkpoint %s: %d events", written.id, written.event_count)
 

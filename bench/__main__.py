@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 import timeit
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from typing import IO
 import httpx
 
 from app.catalogue.loader import load_catalogue
-from bench.seed import seed
+from bench.seed import checkpoint, seed
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-" + os.urandom(24).hex()
@@ -252,6 +253,7 @@ def openloop(
     subjects: int,
     write_every: int = 0,
     write_offset: int = 0,
+    timeline: bool = False,
 ) -> dict[str, object]:
     port = base.rsplit(":", 1)[1]
     output = run(
@@ -273,6 +275,7 @@ def openloop(
             str(write_every),
             "--write-offset",
             str(write_offset),
+            *(["--timeline"] if timeline else []),
         ]
     )
     result: dict[str, object] = json.loads(output)
@@ -317,29 +320,22 @@ def prepared(
             f"in {time.monotonic() - started:.0f} s",
             flush=True,
         )
+    # The hourly ledger checkpoint: written now, so that the servers' job finds a recent one
+    # and falls in no measured run (it is measured on its own, in the latency step).
+    took = checkpoint(url, SECRET)
+    print(f"  checkpoint of {subjects:,} subjects in {took:.1f} s", flush=True)
     if backend != "sqlite":
         # Write the freshly loaded pages out now, not during the next measurement.
         run(["psql", _pg(db), "-q", "-c", "VACUUM ANALYZE", "-c", "CHECKPOINT"])
     time.sleep(2)
-    key = (
-        run(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "keys",
-                "create",
-                "--role",
-                "app",
-                "--name",
-                f"bench-{name}-{os.urandom(3).hex()}",
-            ],
-            env,
-        )
-        .strip()
-        .splitlines()[-1]
-    )
-    return url, key
+    return url, api_key(url, "app", name)
+
+
+def api_key(url: str, role: str, name: str) -> str:
+    command = [sys.executable, "-m", "app.cli", "keys", "create", "--role", role]
+    env = {"DATABASE_URL": url, "CONSENT_LEDGER_SECRET_KEY": SECRET}
+    created = run([*command, "--name", f"bench-{name}-{role}-{os.urandom(3).hex()}"], env)
+    return created.strip().splitlines()[-1]
 
 
 def server_env(url: str) -> dict[str, str]:
@@ -436,7 +432,33 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
             "keyed/plain": round(keyed_ / plain, 3),
         }
         print(f"  writes: {json.dumps(results.rows['consent changes'])}", flush=True)
+        results.rows["during a checkpoint"] = during_a_checkpoint(app, url, key, rate, plan)
+        print(f"  checkpoint: {json.dumps(results.rows['during a checkpoint'])}", flush=True)
     return rate
+
+
+def during_a_checkpoint(app: str, url: str, key: str, rate: float, plan: Plan) -> dict[str, object]:
+    """Checks at the same rate with 1% withdrawals (few enough to leave the load as it was
+    read-only), and a checkpoint of the whole ledger written from a quarter of the way in, as
+    the hourly job would: what it costs the checks, and whether a withdrawal waits for it. Its
+    writers are subjects the runs before left alone (in the middle of the mixed run's share)."""
+    officer = {"Authorization": f"Bearer {api_key(url, 'officer', 'checkpoint')}"}
+    written: dict[str, object] = {}
+
+    def write() -> None:
+        time.sleep(plan.seconds / 2)
+        started = time.monotonic()
+        response = httpx.post(app + "/v1/audit/checkpoints", headers=officer, timeout=600)
+        written.update(seconds=round(time.monotonic() - started, 2), status=response.status_code)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    offset = plan.subjects + plan.writers // 6
+    load = openloop(app, key, rate, plan.seconds * 2, plan.subjects, 100, offset, timeline=True)
+    writer.join()
+    if written["status"] != 201:
+        raise SystemExit(f"the checkpoint failed: {written}")
+    return {"checkpoint_seconds": written["seconds"], "rate": rate, "1% writes": load}
 
 
 def stale_allows(url: str, key: str, rounds: int, results: Results) -> None:
@@ -574,6 +596,15 @@ def render(machine_line: str, command: str, results: list[dict[str, object]]) ->
                 f"{round(m['p99'] / r['p99'], 2)} ({m['p99']} ms)",
                 "≤ 2",
             )
+            c = res.get("during a checkpoint")
+            if isinstance(c, dict):
+                cr, cw = c["1% writes"]["read"], c["1% writes"]["write"]
+                row(
+                    b,
+                    f"same with 1% writes while a checkpoint is written "
+                    f"({c['checkpoint_seconds']} s): check p99 ÷ read-only p99; longest withdrawal",
+                    f"{round(cr['p99'] / r['p99'], 2)} ({cr['p99']} ms); {cw['max']} ms",
+                )
         w = res.get("consent changes")
         if isinstance(w, dict):
             row(

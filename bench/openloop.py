@@ -7,7 +7,8 @@ shows (a closed-loop tool, which waits for an answer before sending the next, hi
 
 Reads are ``GET /v1/checks`` for a random subject; with ``--write-every N`` every N-th request is
 a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not used before.
-Prints one JSON object: the percentiles per kind, in milliseconds.
+Prints one JSON object: the percentiles per kind, in milliseconds (with ``--timeline``, also the
+slowest request of each second, to see when a tail happened).
 """
 
 import argparse
@@ -39,6 +40,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     opened = 0
     latencies: dict[str, list[float]] = {"read": [], "write": []}
     errors: dict[str, int] = {}
+    slowest: dict[int, float] = {}  # per second of the run (by when requests were due)
     auth = f"Authorization: Bearer {args.key}\r\n"
     host = f"Host: {args.host}:{args.port}\r\n"
 
@@ -81,6 +83,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             opened -= 1
             return
         latencies[kind].append(loop.time() - due)
+        if args.timeline:
+            second = int(due - start)
+            slowest[second] = max(slowest.get(second, 0.0), loop.time() - due)
         if not status.startswith("2"):
             errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
         idle.put_nowait((reader, writer))
@@ -104,6 +109,15 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "read": percentiles(latencies["read"]),
         "write": percentiles(latencies["write"]),
         "errors": errors,
+        **(
+            {
+                "slowest_per_second": [
+                    round(slowest.get(i, 0) * 1000, 1) for i in range(int(args.seconds))
+                ]
+            }
+            if args.timeline
+            else {}
+        ),
     }
 
 
@@ -117,6 +131,9 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, required=True)
     parser.add_argument("--write-every", type=int, default=0)
     parser.add_argument("--write-offset", type=int, default=0)
+    parser.add_argument(
+        "--timeline", action="store_true", help="also the slowest latency of each second, ms"
+    )
     args = parser.parse_args()
     try:
         import uvloop

@@ -15,8 +15,10 @@ The signed message is the ASCII text
 checkpoints form a chain of their own and none can be removed or slipped in unnoticed.
 """
 
+import asyncio
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import Uuid, delete, literal
+from sqlalchemy import Uuid, delete, literal, update
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -103,6 +105,22 @@ def _node(left: bytes, right: bytes) -> bytes:
 # check waiting on it) for up to 184 ms at a time on a slow machine, ten seconds in all for
 # 151,000 subjects (BENCHMARKS.md, step 19).
 ROWS_PER_TURN = 500
+# The share of its worker's event loop a checkpoint may take: after each ROWS_PER_TURN rows it
+# rests three times as long as they took. Unpaced, it took all the loop had left, and checks at
+# half the worker's capacity queued behind it for a second (BENCHMARKS.md, step 20).
+LOOP_SHARE = 0.25
+
+
+class Pace:
+    """Rests between the turns of a long job, so that it takes at most ``share`` of the loop."""
+
+    def __init__(self, share: float = LOOP_SHARE) -> None:
+        self._rest = (1 - share) / share
+        self._since = time.perf_counter()
+
+    async def turn(self) -> None:
+        await asyncio.sleep((time.perf_counter() - self._since) * self._rest)
+        self._since = time.perf_counter()
 
 
 def merkle_root(heads: Iterable[tuple[str, int, str]]) -> str:
@@ -138,30 +156,124 @@ class LedgerNoLongerExtendsCheckpoint(Conflict):
     title = "The ledger no longer extends the latest checkpoint"
 
 
+# A checkpoint is written in three transactions, so that its long part (reading every head twice
+# and hashing them) holds no lock: on SQLite one transaction holding the write lock for all of it
+# kept every consent change waiting 4-10 s on 151,000 subjects (BENCHMARKS.md, step 20).
+#   1. under the write lock, short: the conditions, then the checkpoint row, unsigned (pending),
+#      and a copy of every subject's head in one statement, so they are of one instant;
+#   2. read only: the previous checkpoint's heads checked against the ledger, the counts and the
+#      Merkle root worked out from the copy (which nothing changes any more);
+#   3. under the write lock, short: the row signed, or removed with its heads.
+# A pending row is seen by no reader (SIGNED) and stands for a lock: while one is younger than
+# PENDING_LEASE no other checkpoint is begun; an older one was left by a worker that stopped
+# during step 2, and is removed by the next writer.
+PENDING_LEASE = timedelta(minutes=15)
+SIGNED = col(Checkpoint.signature) != ""
+
+
+class CheckpointInProgress(Conflict):
+    slug = "checkpoint-in-progress"
+    title = "Another checkpoint is being written"
+
+
 async def create_checkpoint(
-    session: AsyncSession, key: Ed25519PrivateKey, *, unless_newer_than: timedelta | None = None
+    database: Database, key: Ed25519PrivateKey, *, unless_newer_than: timedelta | None = None
 ) -> Checkpoint | None:
     """Write a signed checkpoint of the ledger, chained to the previous one. With
     ``unless_newer_than`` (the periodic job), nothing is written if another worker wrote one
-    that recently, or if nothing changed since. Refused (409) if the ledger no longer holds
-    every head the previous checkpoint saw: signing it would bury the evidence."""
+    that recently, if one is being written, or if nothing changed since. Refused (409) if the
+    ledger no longer holds every head the previous checkpoint saw: signing it would bury the
+    evidence; and (409) while another checkpoint is being written."""
+    async with database.write_sessions() as session, session.begin():
+        begun = await _begin(session, key, unless_newer_than)
+    if begun is None:
+        return None
+    checkpoint, latest = begun
+    try:
+        async with database.read_sessions() as session, session.begin():
+            pace = Pace()
+            cut = await check_against(session, latest, pace) if latest is not None else []
+            if not cut:
+                counts = select(func.count(), func.coalesce(func.sum(CheckpointHead.seq), 0)).where(
+                    CheckpointHead.checkpoint_id == checkpoint.id
+                )
+                checkpoint.subject_count, checkpoint.event_count = (
+                    await session.exec(counts)
+                ).one()
+                checkpoint.merkle_root = await stored_heads_root(session, checkpoint, pace)
+    except BaseException:
+        await _discard(database, checkpoint.id)
+        raise
+    if cut:
+        await _discard(database, checkpoint.id)
+        raise LedgerNoLongerExtendsCheckpoint(
+            f"{len(cut)} subject(s), first {cut[0].subject_id!r}, no longer hold the head the "
+            f"checkpoint {checkpoint.previous_id} saw; run the verification and investigate "
+            "before signing"
+        )
+    if (
+        unless_newer_than is not None
+        and latest is not None
+        and (latest.event_count, latest.merkle_root)
+        == (checkpoint.event_count, checkpoint.merkle_root)
+    ):  # nothing changed: no new checkpoint
+        await _discard(database, checkpoint.id)
+        return None
+    checkpoint.signature = key.sign(signed_message(checkpoint).encode()).hex()
+    async with database.write_sessions() as session, session.begin():
+        await _lock(session)
+        signed = await session.exec(
+            update(Checkpoint)
+            .where(col(Checkpoint.id) == checkpoint.id, ~SIGNED)
+            .values(
+                subject_count=checkpoint.subject_count,
+                event_count=checkpoint.event_count,
+                merkle_root=checkpoint.merkle_root,
+                signature=checkpoint.signature,
+            )
+        )
+    if signed.rowcount != 1:  # it outlived its lease and another writer removed it
+        if unless_newer_than is not None:
+            return None
+        raise CheckpointInProgress(
+            f"checkpoint {checkpoint.id} took longer than {PENDING_LEASE} to write and was "
+            "given up for another one; ask again"
+        )
+    return checkpoint
+
+
+async def _lock(session: AsyncSession) -> None:
+    """One checkpoint writer at a time (SQLite's write transactions are one at a time anyway)."""
     bind = session.bind
     if bind is not None and bind.dialect.name == "postgresql":
         await session.exec(select(func.pg_advisory_xact_lock(CHECKPOINT_LOCK)))
-    latest = await latest_checkpoint(session)
+
+
+async def _begin(
+    session: AsyncSession, key: Ed25519PrivateKey, unless_newer_than: timedelta | None
+) -> tuple[Checkpoint, Checkpoint | None] | None:
+    """Step 1: the pending checkpoint, its heads copied, and the latest signed one before it."""
+    await _lock(session)
     now = utcnow()
-    periodic = unless_newer_than is not None
-    if periodic and latest is not None and now - latest.created_at < unless_newer_than:  # type: ignore[operator]
-        return None
-    if periodic and latest is not None:
+    pending = (
+        await session.exec(select(Checkpoint.id, Checkpoint.created_at).where(~SIGNED))
+    ).all()
+    if any(now - created_at < PENDING_LEASE for _, created_at in pending):
+        if unless_newer_than is not None:
+            return None
+        raise CheckpointInProgress(
+            f"checkpoint {pending[0][0]} is being written since "
+            f"{isoformat_z(pending[0][1])}; ask again when it is done"
+        )
+    for checkpoint_id, _ in pending:  # left by a worker that stopped while writing it
+        await _remove(session, checkpoint_id)
+    latest = await latest_checkpoint(session)
+    if unless_newer_than is not None and latest is not None:
+        if now - latest.created_at < unless_newer_than:
+            return None
         appended = select(func.coalesce(func.sum(Subject.last_seq), 0))
         if (await session.exec(appended)).one() == latest.event_count:
             return None  # nothing was appended since (events are never removed)
-    if latest is not None and (cut := await check_against(session, latest)):
-        raise LedgerNoLongerExtendsCheckpoint(
-            f"{len(cut)} subject(s), first {cut[0].subject_id!r}, no longer hold the head the "
-            f"checkpoint {latest.id} saw; run the verification and investigate before signing"
-        )
     checkpoint = Checkpoint(
         id=uuid7(),
         created_at=now,
@@ -175,8 +287,6 @@ async def create_checkpoint(
     )
     session.add(checkpoint)
     await session.flush()
-    # One statement copies every head, so the heads, the count and the root agree with each
-    # other even while writers keep going (each statement sees one state of the database).
     heads = CheckpointHead.__table__  # type: ignore[attr-defined]
     await session.exec(
         heads.insert().from_select(
@@ -186,40 +296,37 @@ async def create_checkpoint(
             ).where(col(Subject.last_seq) > 0),
         )
     )
-    counts = select(func.count(), func.coalesce(func.sum(CheckpointHead.seq), 0)).where(
-        CheckpointHead.checkpoint_id == checkpoint.id
+    return checkpoint, latest
+
+
+async def _remove(session: AsyncSession, checkpoint_id: uuid.UUID) -> None:
+    await session.exec(
+        delete(CheckpointHead).where(col(CheckpointHead.checkpoint_id) == checkpoint_id)
     )
-    checkpoint.subject_count, checkpoint.event_count = (await session.exec(counts)).one()
-    checkpoint.merkle_root = await stored_heads_root(session, checkpoint)
-    if (
-        periodic
-        and latest is not None
-        and (latest.event_count, latest.merkle_root)
-        == (
-            checkpoint.event_count,
-            checkpoint.merkle_root,
-        )
-    ):  # nothing changed: no new checkpoint
-        await session.exec(
-            delete(CheckpointHead).where(col(CheckpointHead.checkpoint_id) == checkpoint.id)
-        )
-        await session.delete(checkpoint)
-        return None
-    checkpoint.signature = key.sign(signed_message(checkpoint).encode()).hex()
-    session.add(checkpoint)
-    await session.flush()
-    return checkpoint
+    await session.exec(delete(Checkpoint).where(col(Checkpoint.id) == checkpoint_id, ~SIGNED))
+
+
+async def _discard(database: Database, checkpoint_id: uuid.UUID) -> None:
+    """Remove a pending checkpoint that will not be signed (if this fails too, for example at
+    shutdown, the next writer removes it once its lease has lapsed)."""
+    async with database.write_sessions() as session, session.begin():
+        await _lock(session)
+        await _remove(session, checkpoint_id)
 
 
 async def latest_checkpoint(session: AsyncSession) -> Checkpoint | None:
-    statement = select(Checkpoint).order_by(col(Checkpoint.created_at).desc()).limit(1)
+    statement = (
+        select(Checkpoint).where(SIGNED).order_by(col(Checkpoint.created_at).desc()).limit(1)
+    )
     return (await session.exec(statement)).first()
 
 
 async def list_checkpoints(
     session: AsyncSession, *, limit: int, before: datetime | None
 ) -> list[Checkpoint]:
-    statement = select(Checkpoint).order_by(col(Checkpoint.created_at).desc()).limit(limit)
+    statement = (
+        select(Checkpoint).where(SIGNED).order_by(col(Checkpoint.created_at).desc()).limit(limit)
+    )
     if before is not None:
         statement = statement.where(col(Checkpoint.created_at) < before)
     return list((await session.exec(statement)).all())
@@ -233,7 +340,9 @@ class HeadProblem:
     found: str | None
 
 
-async def check_against(session: AsyncSession, checkpoint: Checkpoint) -> list[HeadProblem]:
+async def check_against(
+    session: AsyncSession, checkpoint: Checkpoint, pace: Pace | None = None
+) -> list[HeadProblem]:
     """Every subject head the checkpoint saw must still be in the ledger, unchanged: a missing
     one means the ledger was cut back (truncated), a different one that it was rewritten."""
     statement = (
@@ -254,9 +363,12 @@ async def check_against(session: AsyncSession, checkpoint: Checkpoint) -> list[H
     )
     problems = []
     result = await session.stream(statement.execution_options(yield_per=ROWS_PER_TURN))
-    async for subject_id, seq, expected, found in result:
-        if found != expected:
-            problems.append(HeadProblem(subject_id, seq, expected, found))
+    async for partition in result.partitions():
+        for subject_id, seq, expected, found in partition:
+            if found != expected:
+                problems.append(HeadProblem(subject_id, seq, expected, found))
+        if pace is not None:
+            await pace.turn()
     return problems
 
 
@@ -268,7 +380,9 @@ def _byte_order(session: AsyncSession) -> Any:
     return col(CheckpointHead.subject_id)  # SQLite compares text as bytes
 
 
-async def stored_heads_root(session: AsyncSession, checkpoint: Checkpoint) -> str:
+async def stored_heads_root(
+    session: AsyncSession, checkpoint: Checkpoint, pace: Pace | None = None
+) -> str:
     """The root over the heads stored for ``checkpoint``, streamed: memory stays small."""
     statement = (
         select(CheckpointHead.subject_id, CheckpointHead.seq, CheckpointHead.head_hash)
@@ -280,6 +394,8 @@ async def stored_heads_root(session: AsyncSession, checkpoint: Checkpoint) -> st
     async for partition in result.partitions():
         for subject_id, seq, head_hash in partition:
             fold.add(subject_id, seq, head_hash)
+        if pace is not None:
+            await pace.turn()
     return fold.root()
 
 

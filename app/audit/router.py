@@ -21,7 +21,7 @@ from app.catalogue.router import CatalogueDep
 from app.catalogue.service import resolve_pair
 from app.consents.schemas import EventPublic
 from app.core.config import SettingsDep
-from app.core.db import DatabaseDep, ReadSessionDep, WriteSessionDep
+from app.core.db import DatabaseDep, ReadSessionDep
 from app.core.errors import InvalidInput, NotFound, problem_responses
 from app.core.pagination import (
     CursorQuery,
@@ -164,16 +164,17 @@ async def list_checkpoints(
     operation_id="audit-create-checkpoint",
     status_code=201,
     response_model=CheckpointPublic,
-    responses=problem_responses(checkpoints.LedgerNoLongerExtendsCheckpoint),
+    responses=problem_responses(
+        checkpoints.LedgerNoLongerExtendsCheckpoint, checkpoints.CheckpointInProgress
+    ),
 )
 async def create_checkpoint(
     request: Request,
-    session: WriteSessionDep,
+    database: DatabaseDep,
     _principal: Annotated[Principal, requires(Scope.AUDIT_CHECKPOINT)],
 ) -> CheckpointPublic:
     """Write a signed checkpoint now (one is also written every hour by itself)."""
-    async with session.begin():
-        checkpoint = await checkpoints.create_checkpoint(session, request.app.state.checkpoint_key)
+    checkpoint = await checkpoints.create_checkpoint(database, request.app.state.checkpoint_key)
     assert checkpoint is not None  # only the periodic job may skip
     return checkpoint_public(checkpoint)
 
@@ -196,7 +197,8 @@ async def checkpoint_heads(
     """The chain head of every subject as the checkpoint saw it: recompute the signed Merkle
     root from them, then check that the ledger (an export) still holds each one."""
     async with session.begin():
-        if await session.get(Checkpoint, checkpoint_id) is None:
+        found = await session.get(Checkpoint, checkpoint_id)
+        if found is None or not found.signature:  # not yet signed: not yet a checkpoint
             raise CheckpointNotFound(f"no checkpoint {checkpoint_id}")
     return StreamingResponse(
         checkpoints.stream_heads(database, checkpoint_id), media_type="application/x-ndjson"

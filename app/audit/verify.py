@@ -157,7 +157,8 @@ async def verify(
 async def _check_checkpoints(session: Any, key: Ed25519PublicKey) -> CheckpointCheck | None:
     """Every checkpoint must be signed by the service's key and name the one before it; the
     latest one's heads must give its root, and the ledger must still hold each of them."""
-    rows = await session.exec(select(Checkpoint).order_by(col(Checkpoint.created_at)))
+    signed = select(Checkpoint).where(checkpoints.SIGNED)  # not those being written
+    rows = await session.exec(signed.order_by(col(Checkpoint.created_at)))
     previous: Checkpoint | None = None
     problems, count = [], 0
     for checkpoint in rows:

@@ -7,6 +7,7 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -444,7 +445,7 @@ async def test_a_checkpoint_signed_with_another_key_or_a_removed_one_is_caught(
     )
     async with app.state.database.write_sessions() as session, session.begin():
         await session.exec(text("DELETE FROM checkpoint_head"))  # type: ignore[call-overload]
-        forged = await create_checkpoint(session, Ed25519PrivateKey.generate())
+    forged = await create_checkpoint(app.state.database, Ed25519PrivateKey.generate())
     assert forged is not None
     report = await verification(client)
     assert report["ok"] is False
@@ -541,6 +542,125 @@ async def test_checkpoints_taken_during_writes_count_what_their_heads_hold(
         )
         heads = [json.loads(line) for line in response.text.splitlines()]
         assert checkpoint["event_count"] == sum(h["seq"] for h in heads)
+
+
+def paused_hashing(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Checkpoints stop before folding their root (the long part) until ``release`` is set."""
+    hashing, release = asyncio.Event(), asyncio.Event()
+    fold = checkpoints.stored_heads_root
+
+    async def paused(session: Any, checkpoint: Any, pace: Any = None) -> str:
+        hashing.set()
+        await release.wait()
+        return await fold(session, checkpoint, pace)
+
+    monkeypatch.setattr(checkpoints, "stored_heads_root", paused)
+    return hashing, release
+
+
+async def pending_rows(app: FastAPI) -> int:
+    async with app.state.database.engine.connect() as connection:
+        found = await connection.execute(
+            text("SELECT count(*) FROM checkpoint WHERE signature = ''")
+        )
+        return int(found.scalar_one())
+
+
+async def test_a_checkpoint_being_hashed_holds_up_no_consent_change(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await three_events(client, "h-1")
+    hashing, release = paused_hashing(monkeypatch)
+    writing = asyncio.create_task(client.post("/v1/audit/checkpoints", headers=OFFICER))
+    await asyncio.wait_for(hashing.wait(), 30)
+    # The heads are copied and the long part holds no lock (on SQLite, the write lock): a
+    # consent change goes through meanwhile.
+    await set_consent(client, "h-1", *OPTIONAL, "given")
+    # Until it is signed the checkpoint is not listed, and no second one is begun.
+    assert (await get(client, "/v1/audit/checkpoints"))["items"] == []
+    second = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert second.status_code == 409
+    assert second.json()["type"].endswith("checkpoint-in-progress")
+    periodic = await create_checkpoint(
+        app.state.database, app.state.checkpoint_key, unless_newer_than=timedelta(0)
+    )
+    assert periodic is None
+    release.set()
+    made = await writing
+    assert made.status_code == 201, made.text
+    assert made.json()["event_count"] == 3  # as the heads were when it was begun
+    assert (await get(client, "/v1/audit/checkpoints"))["items"] == [made.json()]
+    assert (await verification(client))["ok"] is True
+
+
+async def test_a_checkpoint_stopped_while_being_written_leaves_nothing_behind(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await three_events(client, "h-2")
+    database, key = app.state.database, app.state.checkpoint_key
+    fold = checkpoints.stored_heads_root
+    hashing, release = paused_hashing(monkeypatch)
+    stopped = asyncio.create_task(create_checkpoint(database, key))
+    await asyncio.wait_for(hashing.wait(), 30)
+    assert await pending_rows(app) == 1
+    stopped.cancel()  # as at shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await stopped
+    assert await pending_rows(app) == 0
+    # One left by a worker that died is given up once its lease lapses, and the writer that
+    # outlived its lease is told so instead of signing.
+    hashing.clear()
+    outlived = asyncio.create_task(create_checkpoint(database, key))
+    await asyncio.wait_for(hashing.wait(), 30)
+    monkeypatch.setattr(checkpoints, "PENDING_LEASE", timedelta(0))
+    monkeypatch.setattr(checkpoints, "stored_heads_root", fold)
+    taken_over = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert taken_over.status_code == 201, taken_over.text
+    release.set()
+    with pytest.raises(checkpoints.CheckpointInProgress):
+        await outlived
+    assert await pending_rows(app) == 0
+    assert (await get(client, "/v1/audit/checkpoints"))["items"] == [taken_over.json()]
+    assert taken_over.json()["previous_id"] is None
+    assert (await verification(client))["ok"] is True
+
+
+async def test_a_checkpoint_rests_three_times_as_long_as_it_works(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock, rests = [100.0], []
+
+    async def rest(seconds: float) -> None:
+        rests.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(checkpoints, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(checkpoints, "asyncio", SimpleNamespace(sleep=rest))
+    pace = checkpoints.Pace()
+    for work in (0.004, 0.010, 0.0):
+        clock[0] += work
+        await pace.turn()
+    assert rests == pytest.approx([0.012, 0.030, 0.0])  # a quarter of the loop at most
+
+
+async def test_a_checkpoint_rests_between_all_its_turns(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for subject in ("t-1", "t-2", "t-3"):
+        await set_consent(client, subject, *OPTIONAL, "given")
+    await client.post("/v1/audit/checkpoints", headers=OFFICER)  # the next one checks this one
+    monkeypatch.setattr(checkpoints, "ROWS_PER_TURN", 1)
+    turns = []
+
+    async def turn(self: checkpoints.Pace) -> None:
+        turns.append(self)
+
+    monkeypatch.setattr(checkpoints.Pace, "turn", turn)
+    made = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert made.status_code == 201, made.text
+    # Three heads checked against the ledger, three folded into the root: one pace for all.
+    assert len(turns) >= 6
+    assert len(set(map(id, turns))) == 1
 
 
 @pytest.mark.parametrize(
