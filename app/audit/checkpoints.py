@@ -18,6 +18,7 @@ checkpoints form a chain of their own and none can be removed or slipped in unno
 import asyncio
 import hashlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Uuid, delete, literal, update
+from sqlalchemy.orm import aliased
 from sqlmodel import col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -37,6 +39,8 @@ from app.core.db import Database
 from app.core.errors import Conflict
 from app.core.types import isoformat_z, utcnow, uuid7
 from app.models import Checkpoint, CheckpointHead, ConsentEvent, Subject
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_LOCK = 0x636C5F636B70  # "cl_ckp": one checkpoint writer at a time (PostgreSQL)
 
@@ -156,17 +160,19 @@ class LedgerNoLongerExtendsCheckpoint(Conflict):
     title = "The ledger no longer extends the latest checkpoint"
 
 
-# A checkpoint is written in three transactions, so that its long part (reading every head twice
-# and hashing them) holds no lock: on SQLite one transaction holding the write lock for all of it
-# kept every consent change waiting 4-10 s on 151,000 subjects (BENCHMARKS.md, step 20).
-#   1. under the write lock, short: the conditions, then the checkpoint row, unsigned (pending),
-#      and a copy of every subject's head in one statement, so they are of one instant;
-#   2. read only: the previous checkpoint's heads checked against the ledger, the counts and the
-#      Merkle root worked out from the copy (which nothing changes any more);
+# A checkpoint is written in steps, so that its long parts (reading every head, hashing them)
+# hold no lock: on SQLite one transaction holding the write lock for all of it kept every
+# consent change waiting 4-10 s on 151,000 subjects (BENCHMARKS.md, step 20).
+#   0. read only: is one due, and does the ledger still hold every head the latest one saw;
+#   1. under the write lock, short: the checkpoint row, unsigned (pending), and a copy of every
+#      subject's head in one statement, so they are of one instant;
+#   2. read only: the copy must extend the latest checkpoint's heads (no subject gone or back);
+#      the counts and the Merkle root, worked out from the copy, which nothing changes any more;
 #   3. under the write lock, short: the row signed, or removed with its heads.
-# A pending row is seen by no reader (SIGNED) and stands for a lock: while one is younger than
-# PENDING_LEASE no other checkpoint is begun; an older one was left by a worker that stopped
-# during step 2, and is removed by the next writer.
+# A pending row is seen by no reader (SIGNED) and stands for a lock: while one was renewed less
+# than PENDING_LEASE ago no other checkpoint is begun; its writer renews it every
+# PENDING_LEASE / 3 (its created_at, until it is signed with the instant of its copy); one not
+# renewed for longer was left by a worker that stopped, and is removed by the next writer.
 PENDING_LEASE = timedelta(minutes=15)
 SIGNED = col(Checkpoint.signature) != ""
 
@@ -174,6 +180,7 @@ SIGNED = col(Checkpoint.signature) != ""
 class CheckpointInProgress(Conflict):
     slug = "checkpoint-in-progress"
     title = "Another checkpoint is being written"
+    headers = {"Retry-After": "60"}  # noqa: RUF012 (read-only, like the other headers)
 
 
 async def create_checkpoint(
@@ -184,62 +191,57 @@ async def create_checkpoint(
     that recently, if one is being written, or if nothing changed since. Refused (409) if the
     ledger no longer holds every head the previous checkpoint saw: signing it would bury the
     evidence; and (409) while another checkpoint is being written."""
+    periodic = unless_newer_than is not None
+    async with database.read_sessions() as session, session.begin():
+        latest = await latest_checkpoint(session)
+        if unless_newer_than is not None and not await _due(session, latest, unless_newer_than):
+            return None
+        if await _being_written(session):
+            if periodic:
+                return None
+            raise CheckpointInProgress(
+                "another checkpoint is being written; ask again when it is done"
+            )
+        cut = await check_against(session, latest, Pace()) if latest is not None else []
+    if latest is not None and cut:
+        raise _cut(cut, latest)
     async with database.write_sessions() as session, session.begin():
-        begun = await _begin(session, key, unless_newer_than)
-    if begun is None:
+        checkpoint = await _begin(session, key, latest, periodic)
+    if checkpoint is None:
         return None
-    checkpoint, latest = begun
+    renewing = asyncio.create_task(_renew(database, checkpoint.id))
     try:
-        async with database.read_sessions() as session, session.begin():
-            pace = Pace()
-            cut = await check_against(session, latest, pace) if latest is not None else []
-            if not cut:
-                counts = select(func.count(), func.coalesce(func.sum(CheckpointHead.seq), 0)).where(
-                    CheckpointHead.checkpoint_id == checkpoint.id
-                )
-                checkpoint.subject_count, checkpoint.event_count = (
-                    await session.exec(counts)
-                ).one()
-                checkpoint.merkle_root = await stored_heads_root(session, checkpoint, pace)
+        signed = await _finish(database, key, checkpoint, latest, periodic)
     except BaseException:
+        renewing.cancel()
         await _discard(database, checkpoint.id)
         raise
-    if cut:
+    renewing.cancel()
+    if signed is None and periodic:
         await _discard(database, checkpoint.id)
-        raise LedgerNoLongerExtendsCheckpoint(
-            f"{len(cut)} subject(s), first {cut[0].subject_id!r}, no longer hold the head the "
-            f"checkpoint {checkpoint.previous_id} saw; run the verification and investigate "
-            "before signing"
-        )
-    if (
-        unless_newer_than is not None
-        and latest is not None
-        and (latest.event_count, latest.merkle_root)
-        == (checkpoint.event_count, checkpoint.merkle_root)
-    ):  # nothing changed: no new checkpoint
-        await _discard(database, checkpoint.id)
-        return None
-    checkpoint.signature = key.sign(signed_message(checkpoint).encode()).hex()
-    async with database.write_sessions() as session, session.begin():
-        await _lock(session)
-        signed = await session.exec(
-            update(Checkpoint)
-            .where(col(Checkpoint.id) == checkpoint.id, ~SIGNED)
-            .values(
-                subject_count=checkpoint.subject_count,
-                event_count=checkpoint.event_count,
-                merkle_root=checkpoint.merkle_root,
-                signature=checkpoint.signature,
-            )
-        )
-    if signed.rowcount != 1:  # it outlived its lease and another writer removed it
-        if unless_newer_than is not None:
-            return None
-        raise CheckpointInProgress(
-            f"checkpoint {checkpoint.id} took longer than {PENDING_LEASE} to write and was "
-            "given up for another one; ask again"
-        )
-    return checkpoint
+    return signed
+
+
+async def _due(session: AsyncSession, latest: Checkpoint | None, interval: timedelta) -> bool:
+    if latest is None:
+        return True
+    if utcnow() - latest.created_at < interval:
+        return False
+    appended = select(func.coalesce(func.sum(Subject.last_seq), 0))
+    return (await session.exec(appended)).one() != latest.event_count  # events only accrue
+
+
+async def _being_written(session: AsyncSession) -> tuple[uuid.UUID, datetime] | None:
+    """The pending checkpoint renewed within its lease, if any."""
+    pending = await session.exec(select(Checkpoint.id, Checkpoint.created_at).where(~SIGNED))
+    return next((row for row in pending if utcnow() - row[1] < PENDING_LEASE), None)
+
+
+def _cut(cut: list["HeadProblem"], latest: Checkpoint) -> LedgerNoLongerExtendsCheckpoint:
+    return LedgerNoLongerExtendsCheckpoint(
+        f"{len(cut)} subject(s), first {cut[0].subject_id!r}, no longer hold the head the "
+        f"checkpoint {latest.id} saw; run the verification and investigate before signing"
+    )
 
 
 async def _lock(session: AsyncSession) -> None:
@@ -250,33 +252,26 @@ async def _lock(session: AsyncSession) -> None:
 
 
 async def _begin(
-    session: AsyncSession, key: Ed25519PrivateKey, unless_newer_than: timedelta | None
-) -> tuple[Checkpoint, Checkpoint | None] | None:
-    """Step 1: the pending checkpoint, its heads copied, and the latest signed one before it."""
+    session: AsyncSession, key: Ed25519PrivateKey, latest: Checkpoint | None, periodic: bool
+) -> Checkpoint | None:
+    """Step 1: the pending checkpoint and its heads, if nothing changed since step 0."""
     await _lock(session)
-    now = utcnow()
-    pending = (
-        await session.exec(select(Checkpoint.id, Checkpoint.created_at).where(~SIGNED))
-    ).all()
-    if any(now - created_at < PENDING_LEASE for _, created_at in pending):
-        if unless_newer_than is not None:
+    if (found := await _being_written(session)) is not None:
+        if periodic:
             return None
         raise CheckpointInProgress(
-            f"checkpoint {pending[0][0]} is being written since "
-            f"{isoformat_z(pending[0][1])}; ask again when it is done"
+            f"checkpoint {found[0]} is being written; ask again when it is done"
         )
-    for checkpoint_id, _ in pending:  # left by a worker that stopped while writing it
-        await _remove(session, checkpoint_id)
-    latest = await latest_checkpoint(session)
-    if unless_newer_than is not None and latest is not None:
-        if now - latest.created_at < unless_newer_than:
-            return None
-        appended = select(func.coalesce(func.sum(Subject.last_seq), 0))
-        if (await session.exec(appended)).one() == latest.event_count:
-            return None  # nothing was appended since (events are never removed)
+    for left in (await session.exec(select(Checkpoint.id).where(~SIGNED))).all():
+        await _remove(session, left)  # by a worker that stopped while writing it
+    now_latest = await latest_checkpoint(session)
+    if (now_latest.id if now_latest else None) != (latest.id if latest else None):
+        if periodic:
+            return None  # another worker has just written one
+        raise CheckpointInProgress("another checkpoint was written meanwhile; ask again")
     checkpoint = Checkpoint(
         id=uuid7(),
-        created_at=now,
+        created_at=utcnow(),
         event_count=0,
         subject_count=0,
         merkle_root="",
@@ -296,13 +291,101 @@ async def _begin(
             ).where(col(Subject.last_seq) > 0),
         )
     )
-    return checkpoint, latest
+    return checkpoint
+
+
+async def _finish(
+    database: Database,
+    key: Ed25519PrivateKey,
+    checkpoint: Checkpoint,
+    latest: Checkpoint | None,
+    periodic: bool,
+) -> Checkpoint | None:
+    """Steps 2 and 3. None if the periodic job found nothing changed."""
+    async with database.read_sessions() as session, session.begin():
+        if latest is not None and (cut := await _shrunk(session, latest, checkpoint)):
+            raise _cut(cut, latest)
+        counts = select(func.count(), func.coalesce(func.sum(CheckpointHead.seq), 0)).where(
+            CheckpointHead.checkpoint_id == checkpoint.id
+        )
+        checkpoint.subject_count, checkpoint.event_count = (await session.exec(counts)).one()
+        checkpoint.merkle_root = await stored_heads_root(session, checkpoint, Pace())
+    if (
+        periodic
+        and latest is not None
+        and (latest.event_count, latest.merkle_root)
+        == (checkpoint.event_count, checkpoint.merkle_root)
+    ):
+        return None
+    checkpoint.signature = key.sign(signed_message(checkpoint).encode()).hex()
+    async with database.write_sessions() as session, session.begin():
+        await _lock(session)
+        signed = await session.exec(
+            update(Checkpoint)
+            .where(col(Checkpoint.id) == checkpoint.id, ~SIGNED)
+            .values(
+                created_at=checkpoint.created_at,  # renewed while pending: back to its copy's
+                subject_count=checkpoint.subject_count,
+                event_count=checkpoint.event_count,
+                merkle_root=checkpoint.merkle_root,
+                signature=checkpoint.signature,
+            )
+        )
+    if signed.rowcount != 1:  # not renewed for a lease (a stalled worker), and given up
+        if periodic:
+            return None
+        raise CheckpointInProgress(
+            f"checkpoint {checkpoint.id} was not renewed for {PENDING_LEASE} and was given up "
+            "for another one; ask again"
+        )
+    return checkpoint
+
+
+async def _shrunk(
+    session: AsyncSession, latest: Checkpoint, checkpoint: Checkpoint
+) -> list["HeadProblem"]:
+    """The latest checkpoint's heads the copy does not extend: a subject gone, an older head,
+    or the same one with another hash (the ledger was checked before the copy was taken)."""
+    old, new = aliased(CheckpointHead), aliased(CheckpointHead)
+    statement = (
+        select(old.subject_id, old.seq, old.head_hash, new.head_hash)
+        .select_from(old)
+        .outerjoin(
+            new,
+            (col(new.checkpoint_id) == checkpoint.id)
+            & (col(new.subject_id) == col(old.subject_id)),
+        )
+        .where(
+            col(old.checkpoint_id) == latest.id,
+            col(new.seq).is_(None)
+            | (col(new.seq) < col(old.seq))
+            | ((col(new.seq) == col(old.seq)) & (col(new.head_hash) != col(old.head_hash))),
+        )
+        .order_by(col(old.subject_id))
+    )
+    rows = await session.exec(statement)
+    return [HeadProblem(*row) for row in rows]
+
+
+async def _renew(database: Database, checkpoint_id: uuid.UUID) -> None:
+    """Renew the pending checkpoint's lease until cancelled."""
+    while True:
+        await asyncio.sleep(PENDING_LEASE.total_seconds() / 3)
+        try:
+            async with database.write_sessions() as session, session.begin():
+                await session.exec(
+                    update(Checkpoint)
+                    .where(col(Checkpoint.id) == checkpoint_id, ~SIGNED)
+                    .values(created_at=utcnow())
+                )
+        except Exception:  # tried again at the next turn; signing notices a lapsed lease
+            logger.warning("could not renew checkpoint %s's lease", checkpoint_id, exc_info=True)
 
 
 async def _remove(session: AsyncSession, checkpoint_id: uuid.UUID) -> None:
-    await session.exec(
-        delete(CheckpointHead).where(col(CheckpointHead.checkpoint_id) == checkpoint_id)
-    )
+    """A pending checkpoint and its heads (nothing, if it has been signed)."""
+    pending = select(Checkpoint.id).where(col(Checkpoint.id) == checkpoint_id, ~SIGNED)
+    await session.exec(delete(CheckpointHead).where(col(CheckpointHead.checkpoint_id).in_(pending)))
     await session.exec(delete(Checkpoint).where(col(Checkpoint.id) == checkpoint_id, ~SIGNED))
 
 

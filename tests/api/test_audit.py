@@ -5,6 +5,7 @@ import base64
 import csv
 import io
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -558,12 +559,15 @@ def paused_hashing(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyn
     return hashing, release
 
 
-async def pending_rows(app: FastAPI) -> int:
+async def pending_ids(app: FastAPI) -> list[str]:
+    """The unsigned checkpoints' ids, as the API writes them."""
     async with app.state.database.engine.connect() as connection:
-        found = await connection.execute(
-            text("SELECT count(*) FROM checkpoint WHERE signature = ''")
-        )
-        return int(found.scalar_one())
+        found = await connection.execute(text("SELECT id FROM checkpoint WHERE signature = ''"))
+        return [str(uuid.UUID(str(row[0]))) for row in found]
+
+
+async def pending_rows(app: FastAPI) -> int:
+    return len(await pending_ids(app))
 
 
 async def test_a_checkpoint_being_hashed_holds_up_no_consent_change(
@@ -576,13 +580,23 @@ async def test_a_checkpoint_being_hashed_holds_up_no_consent_change(
     # The heads are copied and the long part holds no lock (on SQLite, the write lock): a
     # consent change goes through meanwhile.
     await set_consent(client, "h-1", *OPTIONAL, "given")
-    # Until it is signed the checkpoint is not listed, and no second one is begun.
+    # Until it is signed no reader sees the checkpoint, and no second one is begun.
     assert (await get(client, "/v1/audit/checkpoints"))["items"] == []
+    [pending] = await pending_ids(app)
+    heads = await client.get(f"/v1/audit/checkpoints/{pending}/heads", headers=AUDITOR)
+    assert heads.status_code == 404
+    report = await verification(client)
+    assert report["ok"] is True
+    assert report["checkpoint"] is None
     second = await client.post("/v1/audit/checkpoints", headers=OFFICER)
     assert second.status_code == 409
     assert second.json()["type"].endswith("checkpoint-in-progress")
-    periodic = await create_checkpoint(
-        app.state.database, app.state.checkpoint_key, unless_newer_than=timedelta(0)
+    assert second.headers["Retry-After"] == "60"
+    periodic = await asyncio.wait_for(
+        create_checkpoint(
+            app.state.database, app.state.checkpoint_key, unless_newer_than=timedelta(0)
+        ),
+        30,
     )
     assert periodic is None
     release.set()
@@ -625,6 +639,87 @@ async def test_a_checkpoint_stopped_while_being_written_leaves_nothing_behind(
     assert (await verification(client))["ok"] is True
 
 
+async def test_a_checkpoint_that_fails_to_be_signed_leaves_nothing_behind(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await three_events(client, "h-3")
+    lock, calls = checkpoints._lock, []
+
+    async def fails_to_sign(session: Any) -> None:
+        calls.append(1)
+        if len(calls) == 2:  # step 1, then step 3
+            raise RuntimeError("the database went away")
+        await lock(session)
+
+    monkeypatch.setattr(checkpoints, "_lock", fails_to_sign)
+    with pytest.raises(RuntimeError):
+        await create_checkpoint(app.state.database, app.state.checkpoint_key)
+    assert await pending_rows(app) == 0
+    monkeypatch.setattr(checkpoints, "_lock", lock)
+    made = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert made.status_code == 201, made.text
+
+
+async def test_a_cut_made_after_the_ledger_was_checked_is_caught_in_the_copy(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = await three_events(client, "h-4")
+    await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    check = checkpoints.check_against
+
+    async def then_cut(session: Any, checkpoint: Any, pace: Any = None) -> Any:
+        found = await check(session, checkpoint, pace)  # finds the ledger whole ...
+        await tamper(  # ... and then the newest event is cut, before the heads are copied
+            app,
+            "UPDATE consent SET state = 'refused', event_id = (SELECT id FROM consent_event "
+            "WHERE subject_id = 'h-4' AND seq = 2) "
+            "WHERE subject_id = 'h-4' AND target_key = 'gender'",
+            "DELETE FROM consent_event WHERE subject_id = 'h-4' AND seq = 3",
+            f"UPDATE subject SET last_seq = 2, head_hash = '{events[1]['hash']}' WHERE id = 'h-4'",
+        )
+        return found
+
+    monkeypatch.setattr(checkpoints, "check_against", then_cut)
+    refused = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["type"].endswith("ledger-no-longer-extends-checkpoint")
+    assert "h-4" in refused.json()["detail"]
+    assert await pending_rows(app) == 0
+    assert len((await get(client, "/v1/audit/checkpoints"))["items"]) == 1
+
+
+async def test_a_checkpoint_renews_its_lease_while_it_is_written(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await three_events(client, "h-5")
+    monkeypatch.setattr(checkpoints, "PENDING_LEASE", timedelta(seconds=0.3))
+    hashing, release = paused_hashing(monkeypatch)
+    writing = asyncio.create_task(client.post("/v1/audit/checkpoints", headers=OFFICER))
+    await asyncio.wait_for(hashing.wait(), 30)
+
+    async def pending_since() -> str:
+        async with app.state.database.engine.connect() as connection:
+            found = await connection.execute(
+                text("SELECT created_at FROM checkpoint WHERE signature = ''")
+            )
+            return str(found.scalar_one())
+
+    begun = await pending_since()
+    for _ in range(300):
+        await asyncio.sleep(0.05)
+        if await pending_since() != begun:
+            break
+    assert await pending_since() > begun  # renewed
+    release.set()
+    made = await writing
+    assert made.status_code == 201, made.text
+    # Signed with the instant its heads were copied, not the last renewal.
+    async with app.state.database.engine.connect() as connection:
+        signed = await connection.execute(text("SELECT created_at FROM checkpoint"))
+        assert str(signed.scalar_one()) == begun
+    assert (await verification(client))["ok"] is True
+
+
 async def test_a_checkpoint_rests_three_times_as_long_as_it_works(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -658,9 +753,9 @@ async def test_a_checkpoint_rests_between_all_its_turns(
     monkeypatch.setattr(checkpoints.Pace, "turn", turn)
     made = await client.post("/v1/audit/checkpoints", headers=OFFICER)
     assert made.status_code == 201, made.text
-    # Three heads checked against the ledger, three folded into the root: one pace for all.
+    # Three heads checked against the ledger, then three folded into the root, each paced.
     assert len(turns) >= 6
-    assert len(set(map(id, turns))) == 1
+    assert len(set(map(id, turns))) == 2
 
 
 @pytest.mark.parametrize(
