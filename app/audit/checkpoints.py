@@ -370,7 +370,7 @@ async def _shrunk(
 async def _renew(database: Database, checkpoint_id: uuid.UUID) -> None:
     """Renew the pending checkpoint's lease until cancelled."""
     while True:
-        await asyncio.sleep(PENDING_LEASE.total_seconds() / 3)
+        await asyncio.sleep(max(PENDING_LEASE.total_seconds() / 3, 0.05))
         try:
             async with database.write_sessions() as session, session.begin():
                 await session.exec(
