@@ -109,8 +109,8 @@ def _node(left: bytes, right: bytes) -> bytes:
 # check waiting on it) for up to 184 ms at a time on a slow machine, ten seconds in all for
 # 151,000 subjects (BENCHMARKS.md, step 19).
 ROWS_PER_TURN = 500
-# The share of its worker's event loop a checkpoint may take: after each ROWS_PER_TURN rows it
-# rests three times as long as they took. Unpaced, it took all the loop had left, and checks at
+# The share of its worker's event loop a checkpoint's fold may take: after each ROWS_PER_TURN
+# rows it rests three times as long as they took (fetching them included). Unpaced, it took all the loop had left, and checks at
 # half the worker's capacity queued behind it for a second (BENCHMARKS.md, step 20).
 LOOP_SHARE = 0.25
 
@@ -160,14 +160,16 @@ class LedgerNoLongerExtendsCheckpoint(Conflict):
     title = "The ledger no longer extends the latest checkpoint"
 
 
-# A checkpoint is written in steps, so that its long parts (reading every head, hashing them)
+# A checkpoint is written in steps, so that its long parts (comparing every head, hashing them)
 # hold no lock: on SQLite one transaction holding the write lock for all of it kept every
 # consent change waiting 4-10 s on 151,000 subjects (BENCHMARKS.md, step 20).
-#   0. read only: is one due, and does the ledger still hold every head the latest one saw;
+#   0. read only: is one due, and does the ledger still hold every head the latest one saw
+#      (refused before anything is copied);
 #   1. under the write lock, short: the checkpoint row, unsigned (pending), and a copy of every
 #      subject's head in one statement, so they are of one instant;
-#   2. read only: the copy must extend the latest checkpoint's heads (no subject gone or back);
-#      the counts and the Merkle root, worked out from the copy, which nothing changes any more;
+#   2. read only: the copy must extend the latest checkpoint's heads (no subject gone or back),
+#      and the ledger must still hold them (a cut made and grown again since step 0); then the
+#      counts and the Merkle root, from the copy, which nothing changes any more;
 #   3. under the write lock, short: the row signed, or removed with its heads.
 # A pending row is seen by no reader (SIGNED) and stands for a lock: while one was renewed less
 # than PENDING_LEASE ago no other checkpoint is begun; its writer renews it every
@@ -202,24 +204,29 @@ async def create_checkpoint(
             raise CheckpointInProgress(
                 "another checkpoint is being written; ask again when it is done"
             )
-        cut = await check_against(session, latest, Pace()) if latest is not None else []
-    if latest is not None and cut:
-        raise _cut(cut, latest)
-    async with database.write_sessions() as session, session.begin():
-        checkpoint = await _begin(session, key, latest, periodic)
-    if checkpoint is None:
-        return None
-    renewing = asyncio.create_task(_renew(database, checkpoint.id))
+        # Refused before anything is copied; checked again once the copy is taken.
+        if latest is not None and (cut := await check_against(session, latest)):
+            raise _cut(cut, latest)
+    checkpoint_id = uuid7()
+    renewing: asyncio.Task[None] | None = None
     try:
+        async with database.write_sessions() as session, session.begin():
+            checkpoint = await _begin(session, checkpoint_id, key, latest, periodic)
+        if checkpoint is None:
+            return None
+        renewing = asyncio.create_task(_renew(database, checkpoint_id))
         signed = await _finish(database, key, checkpoint, latest, periodic)
+        if signed is None and periodic:
+            await _discard(database, checkpoint_id)
+        return signed
     except BaseException:
-        renewing.cancel()
-        await _discard(database, checkpoint.id)
+        # Whatever stopped it, even after step 1's commit: no claim is left to lapse.
+        await _discard(database, checkpoint_id)
         raise
-    renewing.cancel()
-    if signed is None and periodic:
-        await _discard(database, checkpoint.id)
-    return signed
+    finally:
+        if renewing is not None:
+            renewing.cancel()
+            await asyncio.gather(renewing, return_exceptions=True)
 
 
 async def _due(session: AsyncSession, latest: Checkpoint | None, interval: timedelta) -> bool:
@@ -252,7 +259,11 @@ async def _lock(session: AsyncSession) -> None:
 
 
 async def _begin(
-    session: AsyncSession, key: Ed25519PrivateKey, latest: Checkpoint | None, periodic: bool
+    session: AsyncSession,
+    checkpoint_id: uuid.UUID,
+    key: Ed25519PrivateKey,
+    latest: Checkpoint | None,
+    periodic: bool,
 ) -> Checkpoint | None:
     """Step 1: the pending checkpoint and its heads, if nothing changed since step 0."""
     await _lock(session)
@@ -270,7 +281,7 @@ async def _begin(
             return None  # another worker has just written one
         raise CheckpointInProgress("another checkpoint was written meanwhile; ask again")
     checkpoint = Checkpoint(
-        id=uuid7(),
+        id=checkpoint_id,
         created_at=utcnow(),
         event_count=0,
         subject_count=0,
@@ -303,7 +314,10 @@ async def _finish(
 ) -> Checkpoint | None:
     """Steps 2 and 3. None if the periodic job found nothing changed."""
     async with database.read_sessions() as session, session.begin():
-        if latest is not None and (cut := await _shrunk(session, latest, checkpoint)):
+        if latest is not None and (
+            cut := await _shrunk(session, latest, checkpoint)
+            or await check_against(session, latest)
+        ):
             raise _cut(cut, latest)
         counts = select(func.count(), func.coalesce(func.sum(CheckpointHead.seq), 0)).where(
             CheckpointHead.checkpoint_id == checkpoint.id
@@ -345,7 +359,7 @@ async def _shrunk(
     session: AsyncSession, latest: Checkpoint, checkpoint: Checkpoint
 ) -> list["HeadProblem"]:
     """The latest checkpoint's heads the copy does not extend: a subject gone, an older head,
-    or the same one with another hash (the ledger was checked before the copy was taken)."""
+    or the same one with another hash."""
     old, new = aliased(CheckpointHead), aliased(CheckpointHead)
     statement = (
         select(old.subject_id, old.seq, old.head_hash, new.head_hash)
@@ -423,11 +437,10 @@ class HeadProblem:
     found: str | None
 
 
-async def check_against(
-    session: AsyncSession, checkpoint: Checkpoint, pace: Pace | None = None
-) -> list[HeadProblem]:
+async def check_against(session: AsyncSession, checkpoint: Checkpoint) -> list[HeadProblem]:
     """Every subject head the checkpoint saw must still be in the ledger, unchanged: a missing
-    one means the ledger was cut back (truncated), a different one that it was rewritten."""
+    one means the ledger was cut back (truncated), a different one that it was rewritten.
+    Compared in the database, which returns only the heads that fail."""
     statement = (
         select(
             CheckpointHead.subject_id,
@@ -441,18 +454,13 @@ async def check_against(
             (col(ConsentEvent.subject_id) == col(CheckpointHead.subject_id))
             & (col(ConsentEvent.seq) == col(CheckpointHead.seq)),
         )
-        .where(CheckpointHead.checkpoint_id == checkpoint.id)
+        .where(
+            CheckpointHead.checkpoint_id == checkpoint.id,
+            col(ConsentEvent.hash).is_(None) | (col(ConsentEvent.hash) != CheckpointHead.head_hash),
+        )
         .order_by(col(CheckpointHead.subject_id))
     )
-    problems = []
-    result = await session.stream(statement.execution_options(yield_per=ROWS_PER_TURN))
-    async for partition in result.partitions():
-        for subject_id, seq, expected, found in partition:
-            if found != expected:
-                problems.append(HeadProblem(subject_id, seq, expected, found))
-        if pace is not None:
-            await pace.turn()
-    return problems
+    return [HeadProblem(*row) for row in await session.exec(statement)]
 
 
 def _byte_order(session: AsyncSession) -> Any:
