@@ -110,8 +110,9 @@ def _node(left: bytes, right: bytes) -> bytes:
 # 151,000 subjects (BENCHMARKS.md, step 19).
 ROWS_PER_TURN = 500
 # The share of its worker's event loop a checkpoint's fold may take: after each ROWS_PER_TURN
-# rows it rests three times as long as they took (fetching them included). Unpaced, it took all the loop had left, and checks at
-# half the worker's capacity queued behind it for a second (BENCHMARKS.md, step 20).
+# rows it rests three times as long as they took (fetching them included). Unpaced, it took all
+# the loop had left, and checks at half the worker's capacity queued behind it for a second
+# (BENCHMARKS.md, step 20).
 LOOP_SHARE = 0.25
 
 
