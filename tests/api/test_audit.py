@@ -662,16 +662,24 @@ async def test_a_checkpoint_that_fails_to_be_signed_leaves_nothing_behind(
     assert made.status_code == 201, made.text
 
 
+@pytest.mark.parametrize("per_statement", [1, 2, checkpoints.HEADS_PER_STATEMENT])
 @pytest.mark.parametrize("grown_again", [False, True])
 async def test_a_cut_made_after_the_ledger_was_checked_is_caught_in_the_copy(
-    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, grown_again: bool
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    grown_again: bool,
+    per_statement: int,
 ) -> None:
+    monkeypatch.setattr(checkpoints, "HEADS_PER_STATEMENT", per_statement)
+    for neighbour in ("h-3", "h-40", "h-5"):  # in ranges of their own, or shared
+        await set_consent(client, neighbour, *OPTIONAL, "given")
     events = await three_events(client, "h-4")
     await client.post("/v1/audit/checkpoints", headers=OFFICER)
     check, calls = checkpoints.check_against, []
 
-    async def then_cut(session: Any, checkpoint: Any) -> Any:
-        found = await check(session, checkpoint)  # finds the ledger whole ...
+    async def then_cut(session: Any, checkpoint: Any, pace: Any = None) -> Any:
+        found = await check(session, checkpoint, pace)  # finds the ledger whole ...
         calls.append(found)
         if len(calls) > 1:
             return found
