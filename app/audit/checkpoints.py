@@ -252,10 +252,13 @@ def _cut(cut: list["HeadProblem"], latest: Checkpoint) -> LedgerNoLongerExtendsC
     )
 
 
+def _on_postgresql(session: AsyncSession) -> bool:
+    return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
 async def _lock(session: AsyncSession) -> None:
     """One checkpoint writer at a time (SQLite's write transactions are one at a time anyway)."""
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
+    if _on_postgresql(session):
         await session.exec(select(func.pg_advisory_xact_lock(CHECKPOINT_LOCK)))
 
 
@@ -303,8 +306,7 @@ async def _begin(
             ).where(col(Subject.last_seq) > 0),
         )
     )
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
+    if _on_postgresql(session):
         # The planner's statistics have not seen this checkpoint's id: it took the copy for one
         # row and joined it to the previous checkpoint's heads by scanning it once per head,
         # 151,000 x 151,000 (BENCHMARKS.md, step 20). Counted now, in this transaction.
@@ -506,8 +508,7 @@ async def _problems(
 
 def _byte_order(session: AsyncSession) -> Any:
     """Subject ids in the order of their UTF-8 bytes, as the Merkle tree wants them."""
-    bind = session.bind
-    if bind is not None and bind.dialect.name == "postgresql":
+    if _on_postgresql(session):
         return col(CheckpointHead.subject_id).collate("C")
     return col(CheckpointHead.subject_id)  # SQLite compares text as bytes
 
