@@ -19,9 +19,11 @@ queued behind the other writers. A response remembered meanwhile under the same
 ``Idempotency-Key`` breaks the record's primary key, which undoes the whole statement; the change
 is then read again and answered from it.
 
-On SQLite, the database's write lock is taken once the key is found (``BEGIN IMMEDIATE``) and
-held to the commit. The reads and the store run on the event loop's thread, the commit (and a
-read that finds the database busy, to wait for it) on the writer's thread (``SqliteWriter``).
+On SQLite, a change is one work given to the writer (``SqliteWriter``), which writes the changes
+queued meanwhile in one transaction, each in a savepoint, and commits them together (group
+commit). A change takes the database's write lock once the key is found (``begin``), unless
+its group already holds it. The reads and the store run on the event loop's thread, the commit
+(and a change that finds the database busy, to wait for it) on the writer's thread.
 
 The ORM still writes the ledger everywhere else (cancellations, erasure, a child found after the
 fact) through ``record_events``, which shares ``chain_events`` and ``stop_messages`` with this.
@@ -54,6 +56,7 @@ from app.core.driver import (
     Row,
     acquire,
     as_uuid,
+    begin,
     instant,
     key_row,
     row_of,
@@ -476,19 +479,18 @@ _SQLITE_SUBJECT = """SELECT status, jurisdiction, birth_year, birth_date, age, a
 class _Sqlite(_Writer):
     async def run(self, plan: Callable[[Facts], Stored]) -> Stored:
         writer = await self.hot.sqlite_writer()
+
+        def work(connection: sqlite3.Connection) -> Stored:
+            stored = plan(self._read(connection))
+            self._store(connection, stored)
+            return stored
+
         try:
-            async with writer.held():
-                read = writer.here(self._read)  # None: busy, so wait for it on the thread
-                stored = plan(read[0] if read is not None else await writer.call(self._read))
-                # The write lock is held: only a rare recovery could make the database busy now.
-                if writer.here(lambda connection: self._store(connection, stored)) is None:
-                    raise DatabaseUnavailable("The database is busy; retry shortly.")
-                await writer.call(_commit)  # waits for the disk: on the thread
+            return await writer.write(work)
         except _Replay:
             raise
         except Exception as exc:
             raise unavailable(exc) from None
-        return stored
 
     def _read(self, connection: sqlite3.Connection) -> Facts:
         credential, subject_id = self.credential, self.subject_id
@@ -499,7 +501,7 @@ class _Sqlite(_Writer):
         ).fetchone()
         if key is None or key[3] is not None:  # no such key, or revoked: a 401 without the lock
             return self.facts(key, None, None, (), Policies(), (), None)
-        connection.execute("BEGIN IMMEDIATE")  # the database's write lock, held to the end
+        begin(connection)  # the database's write lock, held to the group's commit
         subject = connection.execute(_SQLITE_SUBJECT, (subject_id,)).fetchone()
         if subject is None:
             sqlite_insert(connection, "subject", [row_of(self.new_subject())])
@@ -555,7 +557,3 @@ class _Sqlite(_Writer):
                 self.subject_id,
             ),
         )
-
-
-def _commit(connection: sqlite3.Connection) -> None:
-    connection.execute("COMMIT")

@@ -3,12 +3,15 @@
 or the text SQLAlchemy stores on SQLite (naive UTC instants, UUIDs as 32 hex digits, JSON)."""
 
 import asyncio
+import contextlib
 import json
+import logging
 import sqlite3
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
@@ -18,6 +21,8 @@ from sqlmodel import SQLModel
 
 from app.core.db import SQLITE_BUSY_TIMEOUT_MS
 from app.core.errors import TRANSIENT_SQLSTATES, DatabaseUnavailable
+
+logger = logging.getLogger(__name__)
 
 WAIT_SECONDS = 30  # for a connection, or for the statement: then a 503, as on the ORM's routes
 
@@ -104,28 +109,54 @@ def as_uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(value)
 
 
-class SqliteWriter:
-    """One sqlite3 connection for the driver's write transactions; a transaction holds it from
-    BEGIN IMMEDIATE to COMMIT or ROLLBACK (``held``).
+def begin(connection: sqlite3.Connection) -> None:
+    """The database's write lock, for a write given to ``SqliteWriter.write``: taken here
+    (``BEGIN IMMEDIATE``) unless the group's transaction already holds it."""
+    if not connection.in_transaction:
+        connection.execute("BEGIN IMMEDIATE")
 
-    A transaction's statements run on the event loop's thread (``here``): each reads or writes
-    a few pages in memory, and handing each to another thread cost more than running it, as
-    the two threads then pass the interpreter back and forth (BENCHMARKS.md, step 18). They
-    never wait there for the database's write lock: the busy timeout is zero, and work that
-    finds the database busy is run again on the writer's own thread (``call``), which waits
-    for it as every other connection does. The commit, which waits for the disk, runs there
-    too."""
+
+@dataclass(slots=True)
+class _Queued:
+    work: Callable[[sqlite3.Connection], Any]
+    answer: "asyncio.Future[Any]"
+    due: float  # the loop's time after which it is refused unstarted (a 503)
+
+
+class SqliteWriter:
+    """One sqlite3 connection for the driver's write transactions, with group commit.
+
+    ``write(work)`` queues the work; one task writes the queue, the works queued meanwhile in one
+    transaction, each in a savepoint of its own (one that raises is rolled back alone and its
+    caller gets the exception), and commits them together; each caller is answered once the
+    commit is on disk. One transaction per work cost more than the work: the commit waits for
+    the disk on another thread, and the lock stayed held until the event loop, busy with checks,
+    came back to it, so under load the writes queued behind the lock (BENCHMARKS.md, step 22).
+
+    The works run on the event loop's thread: each reads or writes a few pages in memory, and
+    handing each to another thread cost more than running it, as the two threads then pass the
+    interpreter back and forth (step 18). They run one after another for at most ``SLICE`` of
+    the loop's time before it answers checks again. They never wait there for the database's
+    write lock: the busy timeout is zero, and a work that finds the database busy is run again
+    on the writer's own thread (``call``), which waits for it as every other connection does.
+    The commit, which waits for the disk, runs there too.
+
+    A work takes the lock itself, with ``begin``, once it has read what it needs to refuse a
+    stranger: the lock is the whole database's, and a request with a bad key must not wait for
+    it, nor hold it."""
+
+    GROUP = 64  # works in one transaction at most: what was queued when it began
+    SLICE = 0.002  # seconds of works run back to back before the loop answers others
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="consent-writer")
-        self._lock = asyncio.Lock()
+        self._queue: deque[_Queued] = deque()
+        self._writing: asyncio.Task[None] | None = None
         self._connection: sqlite3.Connection | None = None
         self._closed = False
 
     def _open(self) -> sqlite3.Connection:
-        if self._closed:
-            raise DatabaseUnavailable("The service is shutting down; retry shortly.")
         if self._connection is None:
             connection = sqlite3.connect(
                 self.path, timeout=0, isolation_level=None, check_same_thread=False
@@ -136,16 +167,141 @@ class SqliteWriter:
             self._connection = connection
         return self._connection
 
-    def here(self, work: Callable[[sqlite3.Connection], T]) -> tuple[T] | None:
-        """``(work's result,)`` on this thread, or None, rolled back, if the database was busy."""
-        connection = self._open()
-        try:
-            return (work(connection),)
-        except sqlite3.OperationalError as exc:
-            if not sqlite_busy(exc):
+    async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work``'s result once it is committed, or what it raised (and nothing it wrote),
+        also answered only after the group's commit: a work's answer may rest on what an earlier
+        one of its group wrote. A caller cancelled before its work has started leaves nothing
+        written; after, the work is committed with its group."""
+        if self._closed:
+            raise DatabaseUnavailable("The service is shutting down; retry shortly.")
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[T] = loop.create_future()
+        self._queue.append(_Queued(work, answer, loop.time() + WAIT_SECONDS))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.create_task(self._write_all())
+        return await answer
+
+    async def _write_all(self) -> None:
+        while self._queue:
+            group = [self._queue.popleft() for _ in range(min(len(self._queue), self.GROUP))]
+            try:
+                await self._write_group(group)
+            except BaseException as exc:  # cancelled (the loop is closing), or a bug
+                for queued in (*group, *self._queue):
+                    _answer(queued, exc=_interrupted())
+                self._queue.clear()
+                if not isinstance(exc, Exception):
+                    raise
+                logger.exception("the SQLite writer failed")
+
+    async def _write_group(self, group: list[_Queued]) -> None:
+        loop = asyncio.get_running_loop()
+        if self._open().in_transaction:  # a rollback that failed: start afresh
+            self._reset()
+        answers: list[tuple[_Queued, Any, BaseException | None]] = []
+        begun = 0  # the answers from here on rest on the open transaction (if one is open)
+        slice_ends = time.perf_counter() + self.SLICE
+        cancelled = False
+        for queued in group:
+            if queued.answer.done():  # its caller is gone: nothing to write
+                continue
+            if loop.time() > queued.due:
+                _answer(queued, exc=DatabaseUnavailable("The database is busy; retry shortly."))
+                continue
+            if time.perf_counter() > slice_ends:
+                await asyncio.sleep(0)  # let the loop answer checks meanwhile
+                slice_ends = time.perf_counter() + self.SLICE
+            connection = self._open()
+            if not connection.in_transaction:
+                begun = len(answers)
+            try:
+                answers.append((queued, await self._one(connection, queued.work), None))
+            except Exception as exc:
+                if not self._open_in_transaction(connection):  # undone, with what it rested on
+                    answers[begun:] = [(q, None, _interrupted()) for q, _, _ in answers[begun:]]
+                answers.append((queued, None, exc))
+        if self._open().in_transaction:
+            failed, cancelled = await self._commit()
+            if failed is not None:  # nothing of the transaction is written
+                answers[begun:] = [(q, None, _interrupted(failed)) for q, _, _ in answers[begun:]]
+        for queued, result, error in answers:
+            _answer(queued, result, error)
+        if cancelled:  # after the commit, and its callers told of it
+            raise asyncio.CancelledError
+
+    def _open_in_transaction(self, connection: sqlite3.Connection) -> bool:
+        """Whether ``connection`` is still the writer's, in the transaction it was in."""
+        return self._connection is connection and connection.in_transaction
+
+    async def _one(
+        self, connection: sqlite3.Connection, work: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        """One work in the group's transaction, in a savepoint; or, if none is open, in the
+        transaction it begins (if the database is busy, the lock is waited for on the thread,
+        and the work run again in it)."""
+        if not connection.in_transaction:
+            try:
+                return work(connection)
+            except sqlite3.OperationalError as exc:
+                self._undo(connection)
+                if not sqlite_busy(exc):
+                    raise
+            except BaseException:
+                self._undo(connection)
                 raise
-        _rollback_if_open(connection)
-        return None
+            try:
+                await self.call(_begin_waiting)
+            except BaseException:
+                await self._roll_back_after_the_thread()
+                raise
+            connection = self._open()
+        connection.execute("SAVEPOINT work")
+        try:
+            result = work(connection)
+            connection.execute("RELEASE work")
+        except BaseException:
+            try:
+                if connection.in_transaction:  # else SQLite has rolled it all back itself
+                    connection.execute("ROLLBACK TO work")
+                    connection.execute("RELEASE work")
+            except sqlite3.Error:  # the savepoint can't be undone alone: undo the transaction
+                self._undo(connection)
+            raise
+        return result
+
+    def _undo(self, connection: sqlite3.Connection) -> None:
+        """Roll back the transaction; a connection that can't is closed (which rolls back)."""
+        try:
+            _rollback_if_open(connection)
+        except sqlite3.Error:
+            self._reset()
+
+    def _reset(self) -> None:
+        if self._connection is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._connection.close()
+            self._connection = None
+
+    async def _commit(self) -> tuple[Exception | None, bool]:
+        """Commit on the thread (it waits for the disk): why it failed (and the transaction is
+        rolled back), or None; and whether the writer was cancelled meanwhile. The commit is
+        seen through to the end even then, so that its callers are told what became of their
+        writes."""
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._on_thread, _commit)
+        cancelled = False
+        while not done.done():
+            try:
+                await asyncio.shield(done)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:  # noqa: S110 - read below
+                pass
+        failed = done.exception()
+        if failed is not None:
+            logger.error("a group of consent changes could not be committed: %r", failed)
+            await self._roll_back_after_the_thread()
+        return failed, cancelled  # type: ignore[return-value]
 
     async def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` on the writer's thread, waiting for the database as long as others do."""
@@ -160,23 +316,10 @@ class SqliteWriter:
         finally:
             connection.execute("PRAGMA busy_timeout=0")
 
-    @asynccontextmanager
-    async def held(self) -> AsyncIterator[None]:
-        """The connection to oneself for one transaction, which the work begins (``BEGIN
-        IMMEDIATE``) and commits; rolled back if anything fails or the request is cancelled."""
-        await take(self._lock)
-        try:
-            yield
-        except BaseException:
-            await self._roll_back_after_the_thread()
-            raise
-        finally:
-            self._lock.release()
-
     async def _roll_back_after_the_thread(self) -> None:
-        """Roll back what is open once the thread has done what it was handed (a cancelled
-        request may have left a commit or a read running there), and only then return, even if
-        cancelled again meanwhile: the next transaction must find the connection idle."""
+        """Roll back what is open once the thread has done what it was handed (a commit or a
+        work may be running there), and only then return, even if cancelled meanwhile: the
+        next group must find the connection idle."""
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, self._on_thread, _rollback_if_open)
         while True:
@@ -189,12 +332,42 @@ class SqliteWriter:
                 # else wait on; the caller then re-raises what brought it here
 
     async def close(self) -> None:
-        async with self._lock:  # no transaction under way, and none to come
-            self._closed = True
-        await asyncio.to_thread(self._executor.shutdown, wait=True)
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        """Refuse new writes, finish the queued ones, and close."""
+        self._closed = True
+        try:
+            if self._writing is not None:
+                await asyncio.wait({self._writing})  # a cancel of close() is not the writer's
+        finally:
+            if self._writing is not None and not self._writing.done():  # close() cancelled
+                self._writing.cancel()  # it answers what is queued, after its commit
+                await asyncio.wait({self._writing})
+            await asyncio.to_thread(self._executor.shutdown, wait=True)
+            self._reset()
+
+
+def _answer(queued: _Queued, result: Any = None, exc: BaseException | None = None) -> None:
+    if queued.answer.done():  # cancelled by its caller
+        return
+    if exc is not None:
+        queued.answer.set_exception(exc)
+    else:
+        queued.answer.set_result(result)
+
+
+def _commit(connection: sqlite3.Connection) -> None:
+    connection.execute("COMMIT")
+
+
+def _begin_waiting(connection: sqlite3.Connection) -> None:
+    """The write lock, waited for (on the writer's thread, with the busy time-out)."""
+    connection.execute("BEGIN IMMEDIATE")
+
+
+def _interrupted(cause: BaseException | None = None) -> DatabaseUnavailable:
+    """For a work undone with its group, through no fault of its own: a 503, to retry."""
+    error = DatabaseUnavailable("The change could not be written; retry shortly.")
+    error.__cause__ = cause
+    return error
 
 
 def sqlite_busy(exc: sqlite3.OperationalError) -> bool:
