@@ -8,8 +8,8 @@ shows (a closed-loop tool, which waits for an answer before sending the next, hi
 Reads are ``GET /v1/checks`` for a random subject; with ``--write-every N`` every N-th request is
 a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not used before.
 Prints one JSON object: the percentiles per kind, in milliseconds, and how late the generator
-itself sent its latest request (with ``--timeline``, also the slowest request and the latest
-send of each second, to see when a tail happened and whose it was).
+itself started its latest request (with ``--timeline``, also the slowest request and the latest
+start of each second, to see when a tail happened and whether the generator's was part of it).
 """
 
 import argparse
@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     latencies: dict[str, list[float]] = {"read": [], "write": []}
     errors: dict[str, int] = {}
     slowest: dict[int, float] = {}  # per second of the run (by when requests were due)
-    lag: dict[int, float] = {}  # the latest send of each second, after its due time
+    lag: dict[int, float] = {}  # per second: the latest start of a request after its due time
     auth = f"Authorization: Bearer {args.key}\r\n"
     host = f"Host: {args.host}:{args.port}\r\n"
 
@@ -67,10 +67,12 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         return "read", head.encode()
 
     async def one(i: int, due: float) -> None:
+        # The generator's own lateness: how long after its due time its task began (a wait
+        # for a free connection, which a stalled server causes, is not counted here).
+        late = loop.time() - due
+        lag[int(due - start)] = max(lag.get(int(due - start), 0.0), late)
         kind, payload = request(i)
         reader, writer = await connection()
-        sent = loop.time() - due  # the generator's own lateness, connection included
-        lag[int(due - start)] = max(lag.get(int(due - start), 0.0), sent)
         try:
             writer.write(payload)
             head = await reader.readuntil(b"\r\n\r\n")
@@ -115,13 +117,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "errors": errors,
         # A latency counts from when its request was due, so a generator that falls behind
         # (a busy machine) adds its own delay: this says how much of a tail is its own.
-        "latest_send_ms": round(max(lag.values(), default=0.0) * 1000, 1),
+        "latest_start_ms": round(max(lag.values(), default=0.0) * 1000, 1),
         **(
             {
                 "slowest_per_second": [
                     round(slowest.get(i, 0) * 1000, 1) for i in range(int(args.seconds))
                 ],
-                "latest_send_per_second": [
+                "latest_start_per_second": [
                     round(lag.get(i, 0) * 1000, 1) for i in range(int(args.seconds))
                 ],
             }
