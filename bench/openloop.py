@@ -69,8 +69,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     async def one(i: int, due: float) -> None:
         # The generator's own lateness: how long after its due time its task began (a wait
         # for a free connection, which a stalled server causes, is not counted here).
-        late = loop.time() - due
-        lag[int(due - start)] = max(lag.get(int(due - start), 0.0), late)
+        second = int(due - start)  # of the run, by when the request was due
+        lag[second] = max(lag.get(second, 0.0), loop.time() - due)
         kind, payload = request(i)
         reader, writer = await connection()
         try:
@@ -90,7 +90,6 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             return
         latencies[kind].append(loop.time() - due)
         if args.timeline:
-            second = int(due - start)
             slowest[second] = max(slowest.get(second, 0.0), loop.time() - due)
         if not status.startswith("2"):
             errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1

@@ -23,7 +23,7 @@ On SQLite, a change is one work given to the writer (``SqliteWriter``), which wr
 queued meanwhile in one transaction, each in a savepoint, and commits them together (group
 commit). A change takes the database's write lock once the key is found (``begin``), unless
 its group already holds it. The reads and the store run on the event loop's thread, the commit
-(and a change that finds the database busy, to wait for it) on the writer's thread.
+(and the wait for the lock, when a change finds the database busy) on the writer's thread.
 
 The ORM still writes the ledger everywhere else (cancellations, erasure, a child found after the
 fact) through ``record_events``, which shares ``chain_events`` and ``stop_messages`` with this.

@@ -137,9 +137,9 @@ class SqliteWriter:
     handing each to another thread cost more than running it, as the two threads then pass the
     interpreter back and forth (step 18). They run one after another for at most ``SLICE`` of
     the loop's time before it answers checks again. They never wait there for the database's
-    write lock: the busy timeout is zero, and a work that finds the database busy is run again
-    on the writer's own thread (``call``), which waits for it as every other connection does.
-    The commit, which waits for the disk, runs there too.
+    write lock: the busy timeout is zero, and when a work finds the database busy the lock is
+    waited for on the writer's own thread (``call``), as every other connection waits for it,
+    and the work run again in it. The commit, which waits for the disk, runs there too.
 
     A work takes the lock itself, with ``begin``, once it has read what it needs to refuse a
     stranger: the lock is the whole database's, and a request with a bad key must not wait for
@@ -252,7 +252,8 @@ class SqliteWriter:
             try:
                 await self.call(_begin_waiting)
             except BaseException:
-                await self._roll_back_after_the_thread()
+                if await self._roll_back_after_the_thread():
+                    raise asyncio.CancelledError from None
                 raise
             connection = self._open()
         connection.execute("SAVEPOINT work")
@@ -282,26 +283,33 @@ class SqliteWriter:
                 self._connection.close()
             self._connection = None
 
-    async def _commit(self) -> tuple[Exception | None, bool]:
+    async def _commit(self) -> tuple[BaseException | None, bool]:
         """Commit on the thread (it waits for the disk): why it failed (and the transaction is
         rolled back), or None; and whether the writer was cancelled meanwhile. The commit is
         seen through to the end even then, so that its callers are told what became of their
         writes."""
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._on_thread, _commit)
-        cancelled = False
-        while not done.done():
-            try:
-                await asyncio.shield(done)
-            except asyncio.CancelledError:
-                cancelled = True
-            except Exception:  # noqa: S110 - read below
-                pass
+        done, cancelled = await self._to_the_end(_commit)
         failed = done.exception()
         if failed is not None:
             logger.error("a group of consent changes could not be committed: %r", failed)
-            await self._roll_back_after_the_thread()
-        return failed, cancelled  # type: ignore[return-value]
+            cancelled |= await self._roll_back_after_the_thread()
+        return failed, cancelled
+
+    async def _to_the_end(
+        self, work: Callable[[sqlite3.Connection], Any]
+    ) -> tuple["asyncio.Future[Any]", bool]:
+        """``work`` run on the thread and waited for until it is done, even if cancelled
+        meanwhile: its future, and whether the waiting was cancelled (the caller re-raises)."""
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, self._on_thread, work)
+        cancelled = False
+        while not done.done():
+            with contextlib.suppress(Exception):  # read from the future by the caller
+                try:
+                    await asyncio.shield(done)
+                except asyncio.CancelledError:
+                    cancelled = True
+        return done, cancelled
 
     async def call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """``work`` on the writer's thread, waiting for the database as long as others do."""
@@ -316,20 +324,13 @@ class SqliteWriter:
         finally:
             connection.execute("PRAGMA busy_timeout=0")
 
-    async def _roll_back_after_the_thread(self) -> None:
+    async def _roll_back_after_the_thread(self) -> bool:
         """Roll back what is open once the thread has done what it was handed (a commit or a
-        work may be running there), and only then return, even if cancelled meanwhile: the
-        next group must find the connection idle."""
-        loop = asyncio.get_running_loop()
-        done = loop.run_in_executor(self._executor, self._on_thread, _rollback_if_open)
-        while True:
-            try:
-                await asyncio.shield(done)  # the thread takes its work in order: this is last
-                return
-            except asyncio.CancelledError:
-                if done.done():  # finished meanwhile: the connection is idle
-                    raise
-                # else wait on; the caller then re-raises what brought it here
+        work may be running there; it takes its work in order), and only then return, even if
+        cancelled meanwhile: the next group must find the connection idle. Whether it was
+        cancelled."""
+        _, cancelled = await self._to_the_end(_rollback_if_open)
+        return cancelled
 
     async def close(self) -> None:
         """Refuse new writes, finish the queued ones, and close."""
