@@ -2,11 +2,11 @@
 
 A worker *claims* a batch of due messages in one short transaction (PostgreSQL: ``FOR UPDATE SKIP
 LOCKED``, so workers take different rows without waiting; SQLite: the single write lock), marking
-each with its token and a lease. It then posts them, outside any transaction, and records each
-outcome only if its claim still holds. A worker that dies mid-delivery leaves its claims to lapse;
-the lease is longer than a delivery may take, so a live worker's message is never taken over, and
-a dead worker's is delivered again by the next one: nothing is lost, and a receiver that saw the
-first attempt deduplicates on ``webhook-id``.
+each with its token and a lease. It then posts them, outside any transaction, and records the
+round's outcomes in one transaction, each only if its claim still holds. A worker that dies
+mid-delivery leaves its claims to lapse; the lease is longer than a delivery may take, so a live
+worker's message is never taken over, and a dead worker's is delivered again by the next one:
+nothing is lost, and a receiver that saw the first attempt deduplicates on ``webhook-id``.
 """
 
 import asyncio
@@ -47,6 +47,7 @@ class Outcome:
     status_code: int | None
     error: str | None
     duration_ms: int
+    at: datetime  # when the attempt ended
 
     @property
     def delivered(self) -> bool:
@@ -104,16 +105,16 @@ class Deliverer:
         # Every post of the round is over by this deadline, well inside the claim's lease,
         # however slowly a receiver answers.
         deadline = asyncio.get_running_loop().time() + self.settings.webhook_timeout_seconds
-        results = await asyncio.gather(
-            *(self._deliver(m, r, deadline) for m, r in claimed), return_exceptions=True
-        )
-        for (message, _recipient), result in zip(claimed, results, strict=True):
-            if isinstance(result, Exception):  # e.g. the database went away
-                logger.error(
-                    "message %s: outcome not recorded (%r); it is sent again once its claim lapses",
-                    message.id,
-                    result,
-                )
+        outcomes = await asyncio.gather(*(self._post(m, r, deadline) for m, r in claimed))
+        try:
+            await self._record(claimed, outcomes)
+        except Exception as exc:  # e.g. the database went away
+            logger.error(
+                "%d messages: outcomes not recorded (%r); they are sent again once their claims "
+                "lapse",
+                len(claimed),
+                exc,
+            )
         return len(claimed)
 
     @staticmethod
@@ -183,6 +184,7 @@ class Deliverer:
             "webhook-signature": sign(recipient.secret, message_id, timestamp, body),
         }
         started = time.perf_counter()
+        status, error = None, None
         try:
             async with (
                 asyncio.timeout_at(deadline),
@@ -190,20 +192,58 @@ class Deliverer:
                 self._client.stream("POST", recipient.url, content=body, headers=headers) as answer,
             ):
                 status = answer.status_code
+            if not 200 <= status < 300:
+                error = f"HTTP {status}"
         except TimeoutError:
-            timeout = self.settings.webhook_timeout_seconds
-            return Outcome(None, f"no answer within {timeout:g} s", _ms_since(started))
+            error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
         except Exception as exc:  # anything a URL, a connection or a receiver can do
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            return Outcome(None, error, _ms_since(started))
-        ms = _ms_since(started)
-        return Outcome(status, None if 200 <= status < 300 else f"HTTP {status}", ms)
+        return Outcome(status, error, _ms_since(started), utcnow())
 
-    async def _deliver(
-        self, message: WebhookMessage, recipient: Recipient, deadline: float
+    async def _record(
+        self, claimed: list[tuple[WebhookMessage, Recipient]], outcomes: list[Outcome]
     ) -> None:
-        outcome = await self._post(message, recipient, deadline)
-        now = utcnow()
+        """The round's outcomes, in one transaction (one turn of SQLite's write lock, not one per
+        message): an attempt each, and each message's new state if its claim still holds."""
+        recorded: list[tuple[WebhookMessage, Recipient, Outcome, str, bool]] = []
+        async with self.database.write_sessions() as session, session.begin():
+            for (message, recipient), outcome in zip(claimed, outcomes, strict=True):
+                result, values = self._next_state(message, outcome)
+                session.add(
+                    WebhookAttempt(
+                        message_id=message.id,
+                        recipient_id=recipient.id,
+                        attempted_at=outcome.at,
+                        duration_ms=outcome.duration_ms,
+                        status_code=outcome.status_code,
+                        outcome=result,
+                        error=(outcome.error or "")[:ERROR_TEXT] or None,
+                    )
+                )
+                moved = await session.exec(
+                    update(WebhookMessage)
+                    .where(
+                        col(WebhookMessage.id) == message.id,
+                        col(WebhookMessage.claimed_by) == self.token,
+                    )
+                    .values(**values)
+                )
+                recorded.append((message, recipient, outcome, result, moved.rowcount > 0))
+        for message, recipient, outcome, result, held in recorded:
+            if not held:
+                logger.warning(
+                    "message %s: claim lapsed before its outcome was recorded", message.id
+                )
+            elif result != "delivered":
+                logger.info(
+                    "message %s to %s: %s (%s)", message.id, recipient.name, result, outcome.error
+                )
+
+    def _next_state(
+        self, message: WebhookMessage, outcome: Outcome
+    ) -> tuple[str, dict[str, object]]:
+        """What became of a message after an attempt (delivered, retrying or failed for good),
+        and its row's new values."""
         attempts = message.attempts + 1
         values: dict[str, object] = {
             "attempts": attempts,
@@ -212,9 +252,9 @@ class Deliverer:
         }
         if outcome.delivered:
             result = "delivered"
-            values |= {"status": "delivered", "delivered_at": now, "last_error": None}
+            values |= {"status": "delivered", "delivered_at": outcome.at, "last_error": None}
         else:
-            next_at = now + retry_delay(self.settings, attempts)
+            next_at = outcome.at + retry_delay(self.settings, attempts)
             give_up = message.retry_from + timedelta(seconds=self.settings.webhook_give_up_seconds)
             result = "failed" if next_at > give_up else "retrying"
             values |= {
@@ -222,32 +262,7 @@ class Deliverer:
                 "next_attempt_at": next_at,
                 "last_error": (outcome.error or "")[:ERROR_TEXT],
             }
-        async with self.database.write_sessions() as session, session.begin():
-            session.add(
-                WebhookAttempt(
-                    message_id=message.id,
-                    recipient_id=recipient.id,
-                    attempted_at=now,
-                    duration_ms=outcome.duration_ms,
-                    status_code=outcome.status_code,
-                    outcome=result,
-                    error=(outcome.error or "")[:ERROR_TEXT] or None,
-                )
-            )
-            moved = await session.exec(
-                update(WebhookMessage)
-                .where(
-                    col(WebhookMessage.id) == message.id,
-                    col(WebhookMessage.claimed_by) == self.token,
-                )
-                .values(**values)
-            )
-        if moved.rowcount == 0:
-            logger.warning("message %s: claim lapsed before its outcome was recorded", message.id)
-        elif result != "delivered":
-            logger.info(
-                "message %s to %s: %s (%s)", message.id, recipient.name, result, outcome.error
-            )
+        return result, values
 
 
 async def _database_now(session: AsyncSession) -> datetime:

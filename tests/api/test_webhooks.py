@@ -11,8 +11,10 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import event
 
 from app.core.config import Settings
+from app.core.db import _WRITE_OPTION
 from app.webhooks.delivery import BATCH, Deliverer
 from tests.factories import KEYS, OPTIONAL, OPTIONAL_2, TEST_SECRET, auth, set_consent
 from tests.receiver import Receiver, receiving
@@ -341,6 +343,33 @@ async def test_each_round_takes_the_oldest_due_messages_of_all_recipients(
             messages = await deliveries(client, recipient["id"], limit="100")
             tried = [m["attempts"] for m in messages]  # oldest first (ids are time-ordered)
             assert tried == [1] * (BATCH // 2) + [0] * (BATCH // 2), "each one's oldest half"
+
+
+async def test_a_round_records_its_outcomes_in_one_transaction(
+    app: FastAPI, client: httpx.AsyncClient, deliverer: Deliverer, subject_id: str
+) -> None:
+    """Every write transaction takes SQLite's one write lock, which the consent changes need too:
+    a round takes it twice (its claim, its outcomes), not once per message."""
+    with receiving() as receiver:
+        recipient = await add_recipient(client, receiver)
+        for _ in range(5):
+            await set_consent(client, subject_id, *OPTIONAL, "given")
+            await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+        writes: list[bool] = []
+
+        def committed(connection: Any) -> None:
+            writes.append(bool(connection.get_execution_options().get(_WRITE_OPTION)))
+
+        engine = app.state.database.engine.sync_engine
+        event.listen(engine, "commit", committed)
+        try:
+            assert await deliverer.deliver_due() == 5
+        finally:
+            event.remove(engine, "commit", committed)
+    assert len(receiver.delivered_ids) == 5
+    assert writes.count(True) == 2, writes
+    messages = await deliveries(client, recipient["id"])
+    assert [(m["status"], m["attempts"]) for m in messages] == [("delivered", 1)] * 5
 
 
 async def test_recipients_are_named_once_disabled_and_enabled_and_rotate_secrets(
