@@ -6,8 +6,10 @@ In a scratch database (SQLite in a temporary directory; PostgreSQL in a database
 again), one enabled recipient whose URL is a closed port on loopback, so every post fails at once
 and what is measured is the worker's own work (claim, post, record the outcome), not a receiver's;
 ``--messages`` due messages; one ``Deliverer`` runs rounds until none is due (retries are an hour
-away). Prints the wall-clock and CPU time per message, per round of the whole batch. To compare two
-versions, run it from each checkout, one after the other.
+away), and every attempt is checked to be recorded. Prints the wall-clock and CPU time per
+message, per drain of the whole batch. To compare two versions, run this file with each checkout
+on ``PYTHONPATH`` (an older one may not have it: ``PYTHONPATH=../before python bench/delivery.py``),
+one after the other, more than once.
 """
 
 import argparse
@@ -19,12 +21,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import func
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
 from app.core.db import Database
-from app.models import Recipient, WebhookMessage
+from app.models import Recipient, WebhookAttempt, WebhookMessage
 from app.webhooks.delivery import Deliverer
 from app.webhooks.signing import new_secret
 from bench.__main__ import PG_ADMIN, SECRET, _pg, free_port, run
@@ -76,6 +79,9 @@ async def due_messages(url: str, messages: int) -> None:
     await engine.dispose()
 
 
+select_attempts = func.count().select().select_from(WebhookAttempt)
+
+
 async def drain(url: str) -> tuple[int, float, float]:
     """Delivery rounds until none is due: (messages, wall seconds, CPU seconds)."""
     settings = Settings(
@@ -87,11 +93,18 @@ async def drain(url: str) -> tuple[int, float, float]:
     )
     database = Database(settings)
     deliverer = Deliverer(settings, database)
-    wall, cpu, total = time.perf_counter(), time.process_time(), 0
     try:
+        async with database.read_sessions() as session:
+            before = await session.scalar(select_attempts) or 0
+        wall, cpu, total = time.perf_counter(), time.process_time(), 0
         while attempted := await deliverer.deliver_due():
             total += attempted
-        return total, time.perf_counter() - wall, time.process_time() - cpu
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        async with database.read_sessions() as session:
+            recorded = (await session.scalar(select_attempts) or 0) - before
+        if recorded != total:  # a failing record is logged, not raised: it would look fast
+            raise SystemExit(f"{total} messages attempted, {recorded} attempts recorded")
+        return total, wall, cpu
     finally:
         await deliverer.aclose()
         await database.dispose()
@@ -115,6 +128,8 @@ def main() -> None:
                     f"{wall / total * 1000:.2f} ms wall-clock, {cpu / total * 1000:.2f} ms CPU",
                     flush=True,
                 )
+            if backend != "sqlite":
+                run(["psql", PG_ADMIN, "-q", "-c", f"DROP DATABASE {PG_DB}"])
 
 
 if __name__ == "__main__":

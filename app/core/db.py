@@ -87,9 +87,13 @@ class Database:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def dispose(self) -> None:
+    async def settled(self) -> None:
+        """Wait for the bookkeeping writes under way (``in_background``) to end."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def dispose(self) -> None:
+        await self.settled()
         await self.engine.dispose()
 
 

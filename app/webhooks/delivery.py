@@ -3,10 +3,11 @@
 A worker *claims* a batch of due messages in one short transaction (PostgreSQL: ``FOR UPDATE SKIP
 LOCKED``, so workers take different rows without waiting; SQLite: the single write lock), marking
 each with its token and a lease. It then posts them, outside any transaction, and records the
-round's outcomes in one transaction, each only if its claim still holds. A worker that dies
-mid-delivery leaves its claims to lapse; the lease is longer than a delivery may take, so a live
-worker's message is never taken over, and a dead worker's is delivered again by the next one:
-nothing is lost, and a receiver that saw the first attempt deduplicates on ``webhook-id``.
+round's outcomes in one transaction, once its last post has ended, each only if its claim still
+holds. A worker that dies mid-round leaves its claims to lapse; the lease is longer than a round
+may take, so a live worker's message is never taken over, and a dead worker's are delivered again
+by the next one (the whole round's, those that had been answered too): nothing is lost, and a
+receiver that saw the first attempt deduplicates on ``webhook-id``.
 """
 
 import asyncio
@@ -108,12 +109,10 @@ class Deliverer:
         outcomes = await asyncio.gather(*(self._post(m, r, deadline) for m, r in claimed))
         try:
             await self._record(claimed, outcomes)
-        except Exception as exc:  # e.g. the database went away
-            logger.error(
-                "%d messages: outcomes not recorded (%r); they are sent again once their claims "
-                "lapse",
-                len(claimed),
-                exc,
+        except Exception:  # e.g. the database went away
+            logger.exception(
+                "outcomes not recorded of messages %s; they are sent again once their claims lapse",
+                ", ".join(str(message.id) for message, _recipient in claimed),
             )
         return len(claimed)
 
@@ -175,17 +174,19 @@ class Deliverer:
     async def _post(
         self, message: WebhookMessage, recipient: Recipient, deadline: float
     ) -> Outcome:
-        body = body_of(message)
-        message_id, timestamp = str(message.id), int(time.time())
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": message_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(recipient.secret, message_id, timestamp, body),
-        }
+        """Never raises (but for a cancel): whatever goes wrong is the attempt's outcome, so one
+        message cannot keep its round's others from being recorded."""
         started = time.perf_counter()
         status, error = None, None
         try:
+            body = body_of(message)
+            message_id, timestamp = str(message.id), int(time.time())
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": message_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": sign(recipient.secret, message_id, timestamp, body),
+            }
             async with (
                 asyncio.timeout_at(deadline),
                 # Only the status matters; the answer's body is never read nor kept.
@@ -196,7 +197,7 @@ class Deliverer:
                 error = f"HTTP {status}"
         except TimeoutError:
             error = f"no answer within {self.settings.webhook_timeout_seconds:g} s"
-        except Exception as exc:  # anything a URL, a connection or a receiver can do
+        except Exception as exc:  # anything a URL, a connection, a receiver or a message can do
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         return Outcome(status, error, _ms_since(started), utcnow())
 

@@ -15,6 +15,7 @@ from sqlalchemy import event
 
 from app.core.config import Settings
 from app.core.db import _WRITE_OPTION
+from app.webhooks import delivery
 from app.webhooks.delivery import BATCH, Deliverer
 from tests.factories import KEYS, OPTIONAL, OPTIONAL_2, TEST_SECRET, auth, set_consent
 from tests.receiver import Receiver, receiving
@@ -360,6 +361,7 @@ async def test_a_round_records_its_outcomes_in_one_transaction(
         def committed(connection: Any) -> None:
             writes.append(bool(connection.get_execution_options().get(_WRITE_OPTION)))
 
+        await app.state.database.settled()  # the requests' key-use writes, not the round's
         engine = app.state.database.engine.sync_engine
         event.listen(engine, "commit", committed)
         try:
@@ -370,6 +372,37 @@ async def test_a_round_records_its_outcomes_in_one_transaction(
     assert writes.count(True) == 2, writes
     messages = await deliveries(client, recipient["id"])
     assert [(m["status"], m["attempts"]) for m in messages] == [("delivered", 1)] * 5
+
+
+async def test_a_message_that_cannot_be_sent_holds_up_none_of_its_round(
+    client: httpx.AsyncClient,
+    deliverer: Deliverer,
+    subject_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with receiving() as receiver:
+        recipient = await add_recipient(client, receiver)
+        for _ in range(3):
+            await set_consent(client, subject_id, *OPTIONAL, "given")
+            await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
+        broken = (await deliveries(client, recipient["id"]))[1]["id"]
+        body_of = delivery.body_of
+
+        def body(message: Any) -> bytes:
+            if str(message.id) == broken:
+                raise ValueError("a payload that cannot be written")
+            return body_of(message)
+
+        monkeypatch.setattr(delivery, "body_of", body)
+        assert await deliverer.deliver_due() == 3
+    assert len(receiver.delivered_ids) == 2
+    states = {
+        m["id"]: (m["status"], m["attempts"]) for m in await deliveries(client, recipient["id"])
+    }
+    assert states.pop(broken) == ("pending", 1), "tried, and retried later"
+    assert list(states.values()) == [("delivered", 1)] * 2
+    [failed] = [a for a in await attempts(client, recipient["id"]) if a["outcome"] == "retrying"]
+    assert "a payload that cannot be written" in failed["error"]
 
 
 async def test_recipients_are_named_once_disabled_and_enabled_and_rotate_secrets(
