@@ -283,6 +283,8 @@ def openloop(
     return result
 
 
+TURNS = 3  # read-only and mixed runs of the latency step, in turns; the median of each counts
+
 REUSE = False  # --reuse: keep a PostgreSQL database that already holds the data asked for
 
 
@@ -394,16 +396,16 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
     with serving("app.main:create_app", env, 1, "/healthz") as app:
         most = wrk(app, "/", key, plan.seconds, plan.connections, lua_random(CHECK, plan.subjects))
         rate = round(most["rps"] / 2)
-        # Read-only and with 10% writes in turns, three runs of each, so that the machine's drift
+        # Read-only and with 10% writes in turns, TURNS runs of each, so that the machine's drift
         # falls on both alike; of each kind the run with the median p99 counts (one run's p99
         # moved by more than the target's factor from run to run: BENCHMARKS.md). The writes
         # withdraw consents of subjects used once, in the writers' first sixth (the checkpoint
         # run's begin after it).
         per_mixed = math.ceil(rate * plan.seconds * 2 / 10)
-        if 3 * per_mixed > plan.writers // 6:
-            raise SystemExit(f"too few writers for three mixed runs at {rate}/s: {plan.writers}")
+        if TURNS * per_mixed > plan.writers // 6:
+            raise SystemExit(f"too few writers for {TURNS} mixed runs at {rate}/s: {plan.writers}")
         latencies: dict[str, list[dict[str, Any]]] = {"read_only": [], "10% writes": []}
-        for n in range(3):
+        for n in range(TURNS):
             latencies["read_only"].append(openloop(app, key, rate, plan.seconds * 2, plan.subjects))
             latencies["10% writes"].append(
                 openloop(
@@ -418,7 +420,7 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
             )
 
         def median_run(kind: str) -> dict[str, Any]:
-            return sorted(latencies[kind], key=lambda run: float(run["read"]["p99"]))[1]
+            return sorted(latencies[kind], key=lambda run: float(run["read"]["p99"]))[TURNS // 2]
 
         results.rows["latency at half the maximum"] = {
             "max_rps": most["rps"],
