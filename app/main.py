@@ -148,13 +148,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             except TimeoutError:
                 logger.warning("webhook deliveries still under way at shutdown were left")
             await deliverer.aclose()
-        await hot_path.close()
-        for job in jobs:
-            job.cancel()
-        for job in jobs:
-            with contextlib.suppress(asyncio.CancelledError):
-                await job
-        await database.dispose()
+        try:
+            await hot_path.close()
+        finally:
+            for job in jobs:
+                job.cancel()
+            for job in jobs:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await job
+            await database.dispose()
 
 
 def create_app(settings: Settings | None = None) -> ConsentLedgerAPI:

@@ -13,10 +13,13 @@ uses; tests/api/test_hotpath.py holds this module to the ORM path on both databa
 """
 
 import asyncio
+import contextlib
 import json
+import logging
+import math
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -39,7 +42,14 @@ from app.core.driver import (
     unavailable,
     when,
 )
+from app.core.errors import DatabaseUnavailable
 from app.policies.service import load_policies
+
+logger = logging.getLogger(__name__)
+
+# After a failure to open the connections, no new attempt for as long as clients are told to wait.
+RETRY_SECONDS = float(DatabaseUnavailable.headers["Retry-After"])
+SHUTTING_DOWN = "The service is shutting down; retry shortly."
 
 PG_LOOKUP = """
 SELECT
@@ -122,7 +132,13 @@ def _subject(subject_id: str, row: Sequence[Any]) -> SubjectRow:
 
 
 class HotPath:
-    """One per application process: a driver-level pool and the cached policy versions."""
+    """One per application process: the driver-level connections and the cached policy versions.
+
+    On PostgreSQL the checks and the consent changes (app.consents.fast) share one pool. A pool
+    of their own for the changes, so that no check waits for a connection a change holds through
+    its commit or a lock, was measured and not kept: no better tail with writes mixed in, twice
+    the connections (BENCHMARKS.md, step 24).
+    """
 
     def __init__(self, settings: Settings, database: Database) -> None:
         self.settings = settings
@@ -136,16 +152,47 @@ class HotPath:
         self._starting = asyncio.Lock()
         self._reloading = asyncio.Lock()
         self._started = False
+        self._closed = False
+        self._retry_at = 0.0  # time.monotonic()'s: no new attempt to open before it
+        self._failure = ""
 
     async def _start(self) -> None:
-        """On first use, so a database that is down at start-up costs checks, not the start."""
-        async with self._starting:
-            if not self._started:
+        """On first use, so a database that is down at start-up costs checks, not the start.
+
+        After a failure to open, the requests of the next RETRY_SECONDS (what Retry-After tells
+        clients) get the same 503 without trying again: the requests queued here meanwhile
+        would otherwise each try in turn, one after another, against a server that is down or
+        out of connections."""
+        try:  # rare and short, but never longer than any other wait for the database
+            async with asyncio.timeout(WAIT_SECONDS):
+                await self._starting.acquire()
+        except TimeoutError:
+            raise DatabaseUnavailable("The database is busy; retry shortly.") from None
+        try:
+            if self._started:
+                return
+            if self._closed:
+                raise DatabaseUnavailable(SHUTTING_DOWN)
+            if time.monotonic() < self._retry_at:
+                raise DatabaseUnavailable(self._failure)
+            try:
+                await self._open()
+            except Exception as exc:
+                logger.warning("could not open the database connections: %r", exc)
+                failure = unavailable(exc)
+                if isinstance(failure, DatabaseUnavailable):
+                    self._retry_at = time.monotonic() + RETRY_SECONDS
+                    self._failure = str(failure)
+                raise failure from None
+            if self._closed:  # closed while it opened: nothing may be left open
                 try:
-                    await self._open()
-                except Exception as exc:
-                    raise unavailable(exc) from None
-                self._started = True
+                    await self.close()
+                except Exception:
+                    logger.exception("closing the connections opened during shutdown failed")
+                raise DatabaseUnavailable(SHUTTING_DOWN)
+            self._started = True
+        finally:
+            self._starting.release()
 
     async def _open(self) -> None:
         url = self.database.engine.url
@@ -157,6 +204,7 @@ class HotPath:
             if cache is not None:
                 options["statement_cache_size"] = cache
             options.pop("async_creator_fn", None)
+            options.setdefault("timeout", WAIT_SECONDS)  # to connect (asyncpg's default: 60 s)
 
             async def keep(connection: Any) -> None:
                 """Only single statements and whole transactions run here: nothing to reset
@@ -165,30 +213,51 @@ class HotPath:
                 if connection.is_in_transaction():
                     await connection.execute("ROLLBACK")
 
-            self._pool = await asyncpg.create_pool(min_size=1, max_size=size, reset=keep, **options)
+            # One connection at first (asyncpg 0.32 keeps it, and opens it again in the background
+            # if it drops), up to ``size`` under load; those beyond the first are closed after five
+            # idle minutes (asyncpg's default), but none for the number of queries it has run
+            # (asyncpg's default: after 50,000). Opening one costs ~4 ms, and its first lookup
+            # ~7 ms more while asyncpg reads the row types, right when requests queue for it
+            # (BENCHMARKS.md, step 24).
+            self._pool = await asyncpg.create_pool(
+                min_size=1, max_size=size, max_queries=math.inf, reset=keep, **options
+            )
         else:
             import aiosqlite
 
-            self._writer = SqliteWriter(url.database or "")
-            self._sqlite = asyncio.Queue()
-            # Each is a thread. They take only the lookups that found the database busy (below);
-            # when they took every lookup, four were slower than two (BENCHMARKS.md).
-            for _ in range(min(size, 2)):
-                connection = await aiosqlite.connect(url.database or "", isolation_level=None)
-                await connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-                self._sqlite_all.append(connection)
-                self._sqlite.put_nowait(connection)
-            # The lookup is one indexed read of a few pages: on the event loop's own thread it
-            # costs half of what handing it to a connection's thread and back does
-            # (BENCHMARKS.md). It never waits there for a lock: SQLite's busy timeout is zero on
-            # it, and a lookup that finds the database busy (under WAL, rare: a recovery, an
-            # exclusive lock) is run again on a threaded connection, which waits as every other
-            # does. (A page not in memory is still read from disk on this thread.) Only the
-            # event loop's thread uses it.
-            self._direct = sqlite3.connect(
-                url.database or "", timeout=0, isolation_level=None, check_same_thread=False
-            )
-            self._direct.execute("PRAGMA query_only=1")
+            async with contextlib.AsyncExitStack() as opened:  # on a failure, closed again
+                writer = SqliteWriter(url.database or "")
+                opened.push_async_callback(writer.close)
+                idle: asyncio.Queue[Any] = asyncio.Queue()
+                threaded = []
+                # Each is a thread. They take only the lookups that found the database busy
+                # (below); when they took every lookup, four were slower than two (BENCHMARKS.md).
+                for _ in range(min(size, 2)):
+                    connection = await aiosqlite.connect(url.database or "", isolation_level=None)
+                    opened.push_async_callback(connection.close)
+                    await connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                    threaded.append(connection)
+                    idle.put_nowait(connection)
+                # The lookup is one indexed read of a few pages: on the event loop's own thread
+                # it costs half of what handing it to a connection's thread and back does
+                # (BENCHMARKS.md). It never waits there for a lock: SQLite's busy timeout is
+                # zero on it, and a lookup that finds the database busy (under WAL, rare: a
+                # recovery, an exclusive lock) is run again on a threaded connection, which
+                # waits as every other does. (A page not in memory is still read from disk on
+                # this thread.) Only the event loop's thread uses it.
+                direct = sqlite3.connect(
+                    url.database or "", timeout=0, isolation_level=None, check_same_thread=False
+                )
+                opened.callback(direct.close)
+                direct.execute("PRAGMA query_only=1")
+                opened.pop_all()
+            self._writer, self._sqlite, self._sqlite_all = writer, idle, threaded
+            self._direct = direct
+
+    def failure(self, exc: Exception) -> Exception:
+        """What a statement that failed answers: as ``driver.unavailable`` says, but a 503 once
+        closed (a pool being closed refuses the requests still waiting for a connection)."""
+        return DatabaseUnavailable(SHUTTING_DOWN) if self._closed else unavailable(exc)
 
     @property
     def dialect(self) -> str:
@@ -218,16 +287,22 @@ class HotPath:
             self._policies = (count, policies)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            await self._writer.close()
-        if self._pool is not None:
-            await self._pool.close()
-        if self._direct is not None:
-            self._direct.close()
-        for connection in self._sqlite_all:
-            await connection.close()
+        """Everything is closed, even if closing one of them fails (raised once all are done).
+        A request after it gets a 503; what a request was still opening is closed by it."""
+        self._closed, self._started = True, False
+        sqlite, direct, pool, writer = self._sqlite_all, self._direct, self._pool, self._writer
+        self._sqlite_all, self._direct, self._pool, self._writer = [], None, None, None
+        async with contextlib.AsyncExitStack() as stack:
+            for connection in sqlite:
+                stack.push_async_callback(connection.close)
+            if direct is not None:
+                stack.callback(direct.close)
+            if pool is not None:
+                stack.push_async_callback(pool.close)
+            if writer is not None:
+                stack.push_async_callback(writer.close)
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def _sqlite_connection(self) -> AsyncIterator[Any]:
         assert self._sqlite is not None
         try:
@@ -263,7 +338,7 @@ class HotPath:
                         timeout=WAIT_SECONDS,
                     )
             except Exception as exc:
-                raise unavailable(exc) from None
+                raise self.failure(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
             parameters = (
@@ -281,7 +356,7 @@ class HotPath:
                         # request cannot leave a cursor (and its old snapshot) open on it.
                         [raw] = await connection.execute_fetchall(SQLITE_LOOKUP, parameters)
             except Exception as exc:
-                raise unavailable(exc) from None
+                raise self.failure(exc) from None
             key = json.loads(raw[0]) if raw[0] else None
             subject = json.loads(raw[1]) if raw[1] else None
             consents, observations = json.loads(raw[2]), json.loads(raw[3])

@@ -62,7 +62,6 @@ from app.core.driver import (
     row_of,
     sqlite_insert,
     sqlite_value,
-    unavailable,
     when,
 )
 from app.core.errors import DatabaseUnavailable
@@ -404,7 +403,7 @@ class _Postgres(_Writer):
         except _Replay:
             raise
         except Exception as exc:
-            raise unavailable(exc) from None
+            raise self.hot.failure(exc) from None
         raise DatabaseUnavailable(
             f"subject {self.subject_id!r} could not be written in {ATTEMPTS} attempts; retry"
         )
@@ -490,7 +489,7 @@ class _Sqlite(_Writer):
         except _Replay:
             raise
         except Exception as exc:
-            raise unavailable(exc) from None
+            raise self.hot.failure(exc) from None
 
     def _read(self, connection: sqlite3.Connection) -> Facts:
         credential, subject_id = self.credential, self.subject_id

@@ -2,18 +2,23 @@
 replaces on the routes (app.checks.service): the same decisions in every state a subject can be
 in, on both databases; and nothing it caches can serve a stale allow."""
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import text
 
-from app.checks import service
+from app.checks import fast, service
 from app.checks.decision import ConsentState, Policies, SubjectFacts, decide
+from app.checks.fast import HotPath
 from app.checks.router import answer
 from app.checks.schemas import CheckResponse
 from tests.api.test_rules import CAMERA, GUARDIAN, publish
@@ -305,3 +310,147 @@ def test_the_checks_body_has_the_documented_shape_and_the_apis_one_form_of_an_in
     first = json.loads(body)["decisions"][0]
     assert first["next_prompt_after"] == "2026-06-03T00:00:00.000000Z"
     assert first["event_id"] == str(refused.event_id)
+
+
+class _Clock:
+    """``time`` as app.checks.fast reads it, moved on by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: FastAPI, hot: HotPath) -> AsyncIterator[None]:
+    """``hot`` answers the app's requests meanwhile, and is closed after."""
+    working, app.state.hot_path = app.state.hot_path, hot
+    try:
+        yield
+    finally:
+        app.state.hot_path = working
+        await hot.close()
+
+
+async def test_after_a_failure_to_open_checks_get_a_503_at_once_until_retry_after(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first check finds the database out of reach: a 503. The checks queued meanwhile and
+    those of the next Retry-After get the same 503 without trying again; after it, one does."""
+    hot = HotPath(app.state.settings, app.state.database)
+    opened: list[bool] = []
+    down = True
+    open_for_real = hot._open
+
+    async def attempt() -> None:
+        opened.append(not down)
+        if down:
+            await asyncio.sleep(0.05)  # the other checks queue up meanwhile
+            raise ConnectionRefusedError(111, "Connection refused")
+        await open_for_real()
+
+    clock = _Clock()
+    monkeypatch.setattr(hot, "_open", attempt)
+    monkeypatch.setattr(fast, "time", clock)
+    params = {"subject_id": "u", "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+    async with _serving(app, hot):
+        responses = await asyncio.gather(
+            *[client.get("/v1/checks", params=params) for _ in range(5)]
+        )
+        assert [r.status_code for r in responses] == [503] * 5
+        assert all(r.json()["type"].endswith("database-unavailable") for r in responses)
+        assert responses[0].headers["retry-after"] == "1"
+        assert opened == [False]  # one attempt for the five
+        down = False
+        clock.now += fast.RETRY_SECONDS - 0.01
+        assert (await client.get("/v1/checks", params=params)).status_code == 503
+        assert opened == [False]  # still within Retry-After
+        clock.now += 0.01
+        assert (await client.get("/v1/checks", params=params)).status_code == 200
+        assert opened == [False, True]
+
+
+TRACED = "hot-path-under-test"
+
+
+def _traced(options: dict[str, Any]) -> dict[str, Any]:
+    """A pool's options, its connections named so that they can be counted apart."""
+    settings = {**options.get("server_settings", {}), "application_name": TRACED}
+    return {**options, "server_settings": settings}
+
+
+async def _none_left(app: FastAPI) -> None:
+    """No connection of the traced pools is left on the server (pg_stat_activity is read once
+    per transaction: a new one each time; a connection closed on this side ends there soon)."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+    for _ in range(100):
+        async with app.state.database.engine.connect() as connection:
+            left = (await connection.execute(query, {"name": TRACED})).scalar_one()
+        if left == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{left} connections left open")
+
+
+async def test_a_hot_path_closed_while_it_opens_leaves_no_connection_open(
+    app: FastAPI, client: httpx.AsyncClient, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shutdown while a request opens the connections: the request gets a 503, and what it
+    opened is closed; requests after it get a 503 and open nothing."""
+    if backend != "postgresql":
+        pytest.skip("the pools are PostgreSQL's")
+    hot = HotPath(app.state.settings, app.state.database)
+    create_pool = fast.asyncpg.create_pool
+    go = asyncio.Event()
+    created: list[Any] = []
+
+    async def held(**options: Any) -> Any:
+        pool = await create_pool(**_traced(options))
+        created.append(pool)
+        await go.wait()
+        return pool
+
+    monkeypatch.setattr(fast.asyncpg, "create_pool", held)
+    params = {"subject_id": "u", "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+    async with _serving(app, hot):
+        opening = asyncio.ensure_future(client.get("/v1/checks", params=params))
+        while not created:
+            await asyncio.sleep(0.01)
+        await hot.close()
+        go.set()
+        assert (await opening).status_code == 503
+        after = await client.get("/v1/checks", params=params)
+        assert after.status_code == 503, after.text
+        assert "shutting down" in after.json()["detail"]
+        [pool] = created  # and none opened after
+        assert pool.is_closing()
+        await _none_left(app)
+
+
+async def test_a_failure_to_open_on_sqlite_leaves_nothing_open(
+    app: FastAPI, client: httpx.AsyncClient, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second of the threaded connections cannot be opened: a 503, and the first (with its
+    thread) is closed, not left behind for the next attempt to add to."""
+    if backend != "sqlite":
+        pytest.skip("the threaded connections are SQLite's")
+    import aiosqlite
+
+    connect = aiosqlite.connect
+    opened: list[Any] = []
+
+    def second_fails(*args: Any, **kwargs: Any) -> Any:
+        if opened:
+            raise sqlite3.OperationalError("unable to open database file")
+        opened.append(connect(*args, **kwargs))
+        return opened[0]
+
+    monkeypatch.setattr(aiosqlite, "connect", second_fails)
+    params = {"subject_id": "u", "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
+    async with _serving(app, HotPath(app.state.settings, app.state.database)):
+        response = await client.get("/v1/checks", params=params)
+        assert response.status_code == 503, response.text
+        [first] = opened
+        assert first._connection is None  # closed, and its thread stopped
+        assert not first._running
