@@ -30,6 +30,7 @@ from app.checks.decision import ConsentState, OsState, Policies
 from app.core.config import Settings
 from app.core.db import SQLITE_BUSY_TIMEOUT_MS, Database
 from app.core.driver import (
+    SHUTTING_DOWN,
     WAIT_SECONDS,
     KeyRow,
     SqliteWriter,
@@ -39,6 +40,7 @@ from app.core.driver import (
     instant,
     key_row,
     sqlite_busy,
+    take,
     unavailable,
     when,
 )
@@ -49,7 +51,6 @@ logger = logging.getLogger(__name__)
 
 # After a failure to open the connections, no new attempt for as long as clients are told to wait.
 RETRY_SECONDS = float(DatabaseUnavailable.headers["Retry-After"])
-SHUTTING_DOWN = "The service is shutting down; retry shortly."
 
 PG_LOOKUP = """
 SELECT
@@ -163,11 +164,7 @@ class HotPath:
         clients) get the same 503 without trying again: the requests queued here meanwhile
         would otherwise each try in turn, one after another, against a server that is down or
         out of connections."""
-        try:  # rare and short, but never longer than any other wait for the database
-            async with asyncio.timeout(WAIT_SECONDS):
-                await self._starting.acquire()
-        except TimeoutError:
-            raise DatabaseUnavailable("The database is busy; retry shortly.") from None
+        await take(self._starting)  # rare and short, but never longer than other waits
         try:
             if self._started:
                 return

@@ -25,6 +25,7 @@ from app.core.errors import TRANSIENT_SQLSTATES, DatabaseUnavailable
 logger = logging.getLogger(__name__)
 
 WAIT_SECONDS = 30  # for a connection, or for the statement: then a 503, as on the ORM's routes
+SHUTTING_DOWN = "The service is shutting down; retry shortly."  # a 503's detail, once closed
 
 T = TypeVar("T")
 Row = dict[str, Any]  # column: value, as the ORM's model holds it
@@ -173,7 +174,7 @@ class SqliteWriter:
         one of its group wrote. A caller cancelled before its work has started leaves nothing
         written; after, the work is committed with its group."""
         if self._closed:
-            raise DatabaseUnavailable("The service is shutting down; retry shortly.")
+            raise DatabaseUnavailable(SHUTTING_DOWN)
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[T] = loop.create_future()
         self._queue.append(_Queued(work, answer, loop.time() + WAIT_SECONDS))
