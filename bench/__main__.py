@@ -255,6 +255,7 @@ def openloop(
     write_every: int = 0,
     write_offset: int = 0,
     timeline: bool = False,
+    reference: bool = False,
 ) -> dict[str, object]:
     port = base.rsplit(":", 1)[1]
     output = run(
@@ -277,6 +278,7 @@ def openloop(
             "--write-offset",
             str(write_offset),
             *(["--timeline"] if timeline else []),
+            *(["--reference"] if reference else []),
         ]
     )
     result: dict[str, object] = json.loads(output)
@@ -393,44 +395,65 @@ def throughput(backend: str, url: str, key: str, plan: Plan, results: Results) -
 
 def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Results) -> float:
     env = server_env(url)
-    with serving("app.main:create_app", env, 1, "/healthz") as app:
+    with (
+        serving("app.main:create_app", env, 1, "/healthz") as app,
+        serving("bench.reference:app", env, 1, "/bare") as ref,
+    ):
         most = wrk(app, "/", key, plan.seconds, plan.connections, lua_random(CHECK, plan.subjects))
         rate = round(most["rps"] / 2)
         # Read-only and with 10% writes in turns, TURNS runs of each, so that the machine's drift
         # falls on both alike; of each kind the run with the median p99 counts (one run's p99
         # moved by more than the target's factor from run to run: BENCHMARKS.md). The writes
         # withdraw consents of subjects used once, in the writers' first sixth (the checkpoint
-        # run's begin after it).
+        # run's begin after it). In the same turns, the reference app at the same rate: its
+        # primary-key read, and every 10th request one row inserted and committed — the tail
+        # that the least durable write leaves on the least read, on this machine, to hold the
+        # service's ratio against.
         per_mixed = math.ceil(rate * plan.seconds * 2 / 10)
         if TURNS * per_mixed > plan.writers // 6:
             raise SystemExit(f"too few writers for {TURNS} mixed runs at {rate}/s: {plan.writers}")
-        latencies: dict[str, list[dict[str, Any]]] = {"read_only": [], "10% writes": []}
+        kinds = ("read_only", "10% writes")
+        latencies: dict[str, dict[str, list[dict[str, Any]]]] = {
+            "service": {kind: [] for kind in kinds},
+            "reference": {kind: [] for kind in kinds},
+        }
         for n in range(TURNS):
-            latencies["read_only"].append(openloop(app, key, rate, plan.seconds * 2, plan.subjects))
-            latencies["10% writes"].append(
-                openloop(
-                    app,
-                    key,
-                    rate,
-                    plan.seconds * 2,
-                    plan.subjects,
-                    write_every=10,
-                    write_offset=plan.subjects + n * per_mixed,
+            for name, server, reference in (("service", app, False), ("reference", ref, True)):
+                made, span = latencies[name], plan.seconds * 2
+                made["read_only"].append(
+                    openloop(server, key, rate, span, plan.subjects, reference=reference)
                 )
-            )
+                made["10% writes"].append(
+                    openloop(
+                        server,
+                        key,
+                        rate,
+                        span,
+                        plan.subjects,
+                        write_every=10,
+                        write_offset=plan.subjects + n * per_mixed,
+                        reference=reference,
+                    )
+                )
 
-        def median_run(kind: str) -> dict[str, Any]:
-            return sorted(latencies[kind], key=lambda run: float(run["read"]["p99"]))[TURNS // 2]
+        def medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+            """Of each kind, the run with the median check p99, and every run's p99."""
+            return {
+                **{
+                    kind: sorted(runs[kind], key=lambda run: float(run["read"]["p99"]))[TURNS // 2]
+                    for kind in kinds
+                },
+                "p99 of each run": {
+                    kind: [run["read"]["p99"] for run in kind_runs]
+                    for kind, kind_runs in runs.items()
+                },
+            }
 
         results.rows["latency at half the maximum"] = {
             "max_rps": most["rps"],
             "rate": rate,
-            "read_only": median_run("read_only"),
-            "10% writes": median_run("10% writes"),
-            "p99 of each run": {
-                kind: [run["read"]["p99"] for run in kind_runs]
-                for kind, kind_runs in latencies.items()
-            },
+            **medians(latencies["service"]),
+            "reference": medians(latencies["reference"]),
         }
         print(f"  latency: {json.dumps(results.rows['latency at half the maximum'])}", flush=True)
         # Writes: each request withdraws a consent given in the seed, of a subject used once,
@@ -640,6 +663,18 @@ def render(machine_line: str, command: str, results: list[dict[str, object]]) ->
                 ),
                 "≤ 2",
             )
+            ref = lat.get("reference")
+            if isinstance(ref, dict):
+                rr, rm = ref["read_only"]["read"], ref["10% writes"]["read"]
+                each = ref["p99 of each run"]
+                row(
+                    b,
+                    "the reference app in the same turns (raw-driver pk read; every 10th request "
+                    "one row inserted and committed): p99 ÷ read-only p99 (each run's p99 ms)",
+                    f"{round(rm['p99'] / rr['p99'], 2)} ({rm['p99']} ms; read-only "
+                    f"{' / '.join(map(str, each['read_only']))}, with writes "
+                    f"{' / '.join(map(str, each['10% writes']))})",
+                )
             c = res.get("during a checkpoint")
             if isinstance(c, dict):
                 cr, cw = c["1% writes"]["read"], c["1% writes"]["write"]

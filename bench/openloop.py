@@ -6,7 +6,9 @@ shows (a closed-loop tool, which waits for an answer before sending the next, hi
         [--write-every 10 --write-offset 500000]
 
 Reads are ``GET /v1/checks`` for a random subject; with ``--write-every N`` every N-th request is
-a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not used before.
+a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not used before. With
+``--reference``, against the reference app (``bench.reference``): reads are ``GET /pk``, writes
+``PUT /write``, the same mix with the least a read and a durable write can cost.
 Prints one JSON object: the percentiles per kind, in milliseconds, and how late the generator
 itself started its latest request (with ``--timeline``, also the slowest request and the latest
 start of each second, to see when a tail happened and whether the generator's was part of it).
@@ -56,12 +58,17 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     def request(i: int) -> tuple[str, bytes]:
         if args.write_every and i % args.write_every == args.write_every - 1:
             sid = subject_id(args.write_offset + i // args.write_every)
+            if args.reference:
+                return "write", (f"PUT /write?subject_id={sid} HTTP/1.1\r\n{host}"
+                                 "content-length: 0\r\n\r\n").encode()  # fmt: skip
             body = b'{"state":"withdrawn"}'
             head = (f"PUT /v1/subjects/{sid}/consents/gender/service_improvement HTTP/1.1\r\n"
                     f"{host}{auth}content-type: application/json\r\n"
                     f"content-length: {len(body)}\r\n\r\n")  # fmt: skip
             return "write", head.encode() + body
         sid = subject_id(random.randrange(args.subjects))
+        if args.reference:
+            return "read", f"GET /pk?subject_id={sid} HTTP/1.1\r\n{host}\r\n".encode()
         head = (f"GET /v1/checks?subject_id={sid}&target=gender&purpose=service_improvement "
                 f"HTTP/1.1\r\n{host}{auth}\r\n")  # fmt: skip
         return "read", head.encode()
@@ -136,12 +143,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--key", required=True)
+    parser.add_argument("--key", default="")
     parser.add_argument("--rate", type=float, required=True)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--subjects", type=int, required=True)
     parser.add_argument("--write-every", type=int, default=0)
     parser.add_argument("--write-offset", type=int, default=0)
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="against bench.reference: reads GET /pk, writes PUT /write (no key needed)",
+    )
     parser.add_argument(
         "--timeline", action="store_true", help="also the slowest latency of each second, ms"
     )

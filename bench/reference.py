@@ -3,17 +3,25 @@ same uvicorn settings as the service:
 
 - ``GET /bare``: a constant, the ceiling of FastAPI + uvicorn on this machine;
 - ``GET /pk?subject_id=``: one primary-key lookup on the raw driver (asyncpg, or sqlite3 through
-  aiosqlite), the ceiling of a handler that must ask the database one thing.
+  aiosqlite), the ceiling of a handler that must ask the database one thing;
+- ``PUT /write?subject_id=``: the least durable write, one row inserted and committed on the raw
+  driver (a WAL flush on PostgreSQL; SQLite with ``synchronous=FULL``, as the service runs it),
+  into a table of its own: the floor under a consent change, for the checks' tail with writes.
 
     DATABASE_URL=… uvicorn bench.reference:app --factory …
 """
 
 import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
+
+POSTGRES_TABLE = """CREATE TABLE IF NOT EXISTS bench_reference_write
+    (id bigserial PRIMARY KEY, subject_id text NOT NULL, at timestamptz NOT NULL DEFAULT now())"""
+SQLITE_TABLE = """CREATE TABLE IF NOT EXISTS bench_reference_write
+    (id INTEGER PRIMARY KEY, subject_id TEXT NOT NULL, at TEXT DEFAULT CURRENT_TIMESTAMP)"""
 
 
 def app() -> FastAPI:
@@ -26,6 +34,9 @@ def app() -> FastAPI:
             import aiosqlite
 
             state["sqlite"] = await aiosqlite.connect(url.split(":///", 1)[1])
+            await state["sqlite"].execute("PRAGMA synchronous=FULL")
+            await state["sqlite"].execute(SQLITE_TABLE)
+            await state["sqlite"].commit()
             yield
             await state["sqlite"].close()
         else:
@@ -33,6 +44,8 @@ def app() -> FastAPI:
 
             dsn = url.replace("postgresql+asyncpg://", "postgresql://")
             state["pool"] = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
+            with suppress(asyncpg.UniqueViolationError):  # the other worker made it just now
+                await state["pool"].execute(POSTGRES_TABLE)
             yield
             await state["pool"].close()
 
@@ -56,5 +69,18 @@ def app() -> FastAPI:
         if row is None:
             raise HTTPException(404)
         return {"status": row[0]}
+
+    @api.put("/write")
+    async def write(subject_id: str) -> dict[str, bool]:
+        if "pool" in state:
+            await state["pool"].execute(
+                "INSERT INTO bench_reference_write (subject_id) VALUES ($1)", subject_id
+            )
+        else:
+            await state["sqlite"].execute(
+                "INSERT INTO bench_reference_write (subject_id) VALUES (?)", (subject_id,)
+            )
+            await state["sqlite"].commit()
+        return {"ok": True}
 
     return api
