@@ -405,10 +405,11 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
         # falls on both alike; of each kind the run with the median p99 counts (one run's p99
         # moved by more than the target's factor from run to run: BENCHMARKS.md). The writes
         # withdraw consents of subjects used once, in the writers' first sixth (the checkpoint
-        # run's begin after it). In the same turns, the reference app at the same rate: its
-        # primary-key read, and every 10th request one row inserted and committed — the tail
-        # that the least durable write leaves on the least read, on this machine, to hold the
-        # service's ratio against.
+        # run's begin after it). In the same turns, the reference app at the same rate (warmed
+        # up first, as the service is by its maximum's run): its primary-key read, and every
+        # 10th request one row inserted and committed — the tail that the least durable write
+        # leaves on the least read, on this machine, to hold the service's ratio against.
+        wrk(ref, "/pk", None, 2, plan.connections, lua_random("/pk?subject_id=%s", plan.subjects))
         per_mixed = math.ceil(rate * plan.seconds * 2 / 10)
         if TURNS * per_mixed > plan.writers // 6:
             raise SystemExit(f"too few writers for {TURNS} mixed runs at {rate}/s: {plan.writers}")

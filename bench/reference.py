@@ -33,12 +33,17 @@ def app() -> FastAPI:
         if url.startswith("sqlite"):
             import aiosqlite
 
-            state["sqlite"] = await aiosqlite.connect(url.split(":///", 1)[1])
-            await state["sqlite"].execute("PRAGMA synchronous=FULL")
-            await state["sqlite"].execute(SQLITE_TABLE)
-            await state["sqlite"].commit()
+            # A connection for reads and one for writes (each is a thread of its own), so that
+            # a read does not queue behind a write's fsync: WAL lets them run side by side.
+            path = url.split(":///", 1)[1]
+            state["sqlite"] = await aiosqlite.connect(path)
+            state["sqlite_writes"] = await aiosqlite.connect(path)
+            await state["sqlite_writes"].execute("PRAGMA synchronous=FULL")
+            await state["sqlite_writes"].execute(SQLITE_TABLE)
+            await state["sqlite_writes"].commit()
             yield
             await state["sqlite"].close()
+            await state["sqlite_writes"].close()
         else:
             import asyncpg
 
@@ -77,10 +82,10 @@ def app() -> FastAPI:
                 "INSERT INTO bench_reference_write (subject_id) VALUES ($1)", subject_id
             )
         else:
-            await state["sqlite"].execute(
+            await state["sqlite_writes"].execute(
                 "INSERT INTO bench_reference_write (subject_id) VALUES (?)", (subject_id,)
             )
-            await state["sqlite"].commit()
+            await state["sqlite_writes"].commit()
         return {"ok": True}
 
     return api
