@@ -31,7 +31,8 @@ PAIRS = [OPTIONAL, OPTIONAL_2, NECESSARY, CAMERA, ("permission.location", "app_f
 async def both(
     app: FastAPI, client: httpx.AsyncClient, subject_id: str, device_id: str | None = None
 ) -> list[dict[str, Any]]:
-    """The route's decisions, after asserting the ORM path gives the same."""
+    """The route's decisions, after asserting the ORM path gives the same, and the single check
+    each pair's (on SQLite a statement of its own: app.checks.fast.SQLITE_LOOKUP_ONE)."""
     body: dict[str, Any] = {
         "subject_id": subject_id,
         "items": [{"target": t, "purpose": p} for t, p in PAIRS],
@@ -48,6 +49,13 @@ async def both(
             session, settings, subject_id, [catalogue.pairs[p] for p in PAIRS], device_id
         )
     assert fast == json.loads(answer(subject_id, slow))["decisions"]
+    for (target, purpose), decision in zip(PAIRS, fast, strict=True):
+        query = {"subject_id": subject_id, "target": target, "purpose": purpose}
+        one = await client.get(
+            "/v1/checks", params={**query, **({"device_id": device_id} if device_id else {})}
+        )
+        assert one.status_code == 200, one.text
+        assert one.json()["decisions"] == [decision]
     decisions: list[dict[str, Any]] = fast
     return decisions
 
