@@ -3,9 +3,10 @@
 For each backend (SQLite, the embedded default, in a temporary directory; PostgreSQL in a scratch
 database that is dropped and made again): generate data, start the real server as production runs
 it (uvicorn with httptools and uvloop, no access log) and, on the same settings, the reference app
-(a constant; one raw-driver primary-key lookup); drive load from other processes (wrk for
-throughput, ``bench.openloop`` at a fixed rate for latency); print the results and, with
-``--write``, put them into BENCHMARKS.md. Needs ``wrk`` (Debian: ``apt-get install wrk``).
+(a constant; one raw-driver primary-key lookup; one row inserted and committed); drive load from
+other processes (wrk for throughput, ``bench.openloop`` at a fixed rate for latency); print the
+results as BENCHMARKS.md's table and, with ``--json FILE``, write them raw. Needs ``wrk``
+(Debian: ``apt-get install wrk``).
 """
 
 import argparse

@@ -3,12 +3,13 @@ been answered, and each latency counts from when its request was *due*, so queue
 shows (a closed-loop tool, which waits for an answer before sending the next, hides it).
 
     python -m bench.openloop --port 8000 --key clk_… --rate 1000 --seconds 10 --subjects 1000 \\
-        [--write-every 10 --write-offset 500000]
+        [--write-every 10 --write-offset 500000] [--reference] [--timeline]
 
 Reads are ``GET /v1/checks`` for a random subject; with ``--write-every N`` every N-th request is
 a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not used before. With
 ``--reference``, against the reference app (``bench.reference``): reads are ``GET /pk``, writes
 ``PUT /write``, the same mix with the least a read and a durable write can cost.
+
 Prints one JSON object: the percentiles per kind, in milliseconds, and how late the generator
 itself started its latest request (with ``--timeline``, also the slowest request and the latest
 start of each second, to see when a tail happened and whether the generator's was part of it).
@@ -158,6 +159,8 @@ def main() -> None:
         "--timeline", action="store_true", help="also the slowest latency of each second, ms"
     )
     args = parser.parse_args()
+    if not args.key and not args.reference:
+        parser.error("--key is needed against the service (not with --reference)")
     try:
         import uvloop
 

@@ -1,5 +1,6 @@
-"""The two reference endpoints every result is divided by, served by the same framework and the
-same uvicorn settings as the service:
+"""The reference endpoints, served by the same framework and the same uvicorn settings as the
+service: the first two are what every throughput result is divided by, the third stands beside
+the service's consent change in the latency step's runs with writes:
 
 - ``GET /bare``: a constant, the ceiling of FastAPI + uvicorn on this machine;
 - ``GET /pk?subject_id=``: one primary-key lookup on the raw driver (asyncpg, or sqlite3 through
@@ -37,10 +38,9 @@ def app() -> FastAPI:
             # a read does not queue behind a write's fsync: WAL lets them run side by side.
             path = url.split(":///", 1)[1]
             state["sqlite"] = await aiosqlite.connect(path)
-            state["sqlite_writes"] = await aiosqlite.connect(path)
+            state["sqlite_writes"] = await aiosqlite.connect(path, isolation_level=None)
             await state["sqlite_writes"].execute("PRAGMA synchronous=FULL")
             await state["sqlite_writes"].execute(SQLITE_TABLE)
-            await state["sqlite_writes"].commit()
             yield
             await state["sqlite"].close()
             await state["sqlite_writes"].close()
@@ -82,10 +82,9 @@ def app() -> FastAPI:
                 "INSERT INTO bench_reference_write (subject_id) VALUES ($1)", subject_id
             )
         else:
-            await state["sqlite_writes"].execute(
+            await state["sqlite_writes"].execute(  # autocommit: one row, one commit
                 "INSERT INTO bench_reference_write (subject_id) VALUES (?)", (subject_id,)
             )
-            await state["sqlite_writes"].commit()
         return {"ok": True}
 
     return api

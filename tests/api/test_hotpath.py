@@ -107,6 +107,21 @@ async def test_the_hot_path_decides_as_the_orm_path_in_every_state(
     } <= reasons  # fmt: skip
 
 
+async def test_a_batch_of_one_target_or_one_purpose_reads_every_pair(
+    client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """SQLite's single check has a statement of its own (one target and one purpose): a batch
+    with one target and two purposes, or two targets and one purpose, is not a single check."""
+    given = [OPTIONAL, ("gender", "new_product_development"), OPTIONAL_2]
+    for target, purpose in given:
+        await set_consent(client, subject_id, target, purpose, "given")
+    for items in (given[:2], [given[0], given[2]]):
+        body = {"subject_id": subject_id, "items": [{"target": t, "purpose": p} for t, p in items]}
+        response = await client.post("/v1/checks", json=body)
+        assert response.status_code == 200, response.text
+        assert [d["reason"] for d in response.json()["decisions"]] == ["consent_given"] * 2
+
+
 async def test_a_new_material_policy_is_seen_by_the_very_next_check(
     client: httpx.AsyncClient, subject_id: str
 ) -> None:
@@ -191,6 +206,11 @@ async def test_a_busy_sqlite_database_sends_the_lookup_to_a_waiting_connection(
     await set_consent(client, subject_id, *OPTIONAL, "withdrawn")
     decision = await check(client, subject_id, *OPTIONAL)
     assert (decision["allowed"], decision["state"]) == (False, "withdrawn")
+    await set_consent(client, subject_id, *OPTIONAL_2, "given")  # and a batch's statement
+    items = [{"target": t, "purpose": p} for t, p in (OPTIONAL, OPTIONAL_2)]
+    batch = await client.post("/v1/checks", json={"subject_id": subject_id, "items": items})
+    assert batch.status_code == 200, batch.text
+    assert [d["state"] for d in batch.json()["decisions"]] == ["withdrawn", "given"]
     monkeypatch.setattr(hot, "_direct", _Failing(sqlite3.SQLITE_IOERR, "disk I/O error"))
     params = {"subject_id": subject_id, "target": OPTIONAL[0], "purpose": OPTIONAL[1]}
     failed = await client.get("/v1/checks", params=params)
