@@ -14,6 +14,7 @@ uses; tests/api/test_hotpath.py holds this module to the ORM path on both databa
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -83,15 +84,24 @@ SELECT
     WHERE c.subject_id = ?2 AND c.target_key {targets} AND c.purpose_key {purposes}),
   (SELECT json_group_array(json_array(o.target_key, o.state, o.last_denied_at))
      FROM permission_observation o
-    WHERE o.subject_id = ?2 AND o.device_id = ?5 AND o.target_key {targets}),
+    WHERE o.subject_id = ?2 AND o.device_id = ?3 AND o.target_key {targets}),
   (SELECT count(*) FROM policy_version)
 """
-# The targets and the purposes as JSON arrays (?3, ?4); and for one pair, the single check's
-# case, as plain values: the same rows in about half the statement's time (BENCHMARKS.md).
-SQLITE_LOOKUP = _SQLITE_LOOKUP.format(
-    targets="IN (SELECT value FROM json_each(?3))", purposes="IN (SELECT value FROM json_each(?4))"
-)
-SQLITE_LOOKUP_ONE = _SQLITE_LOOKUP.format(targets="= ?3", purposes="= ?4")
+
+
+@functools.lru_cache(maxsize=256)
+def sqlite_lookup(targets: int, purposes: int) -> str:
+    """The lookup for that many targets and purposes, bound as plain values after the key's
+    hash, the subject and the device (?1, ?2, ?3): a pair as ``= ?4``, not as JSON arrays read
+    through ``json_each``, which cost a single check twice the statement's time (BENCHMARKS.md).
+    Each shape is one text, kept prepared in each connection's cache (sqlite3's, 128 texts)."""
+
+    def values(first: int, count: int) -> str:
+        if count == 1:
+            return f"= ?{first}"
+        return "IN (" + ", ".join(f"?{first + i}" for i in range(count)) + ")"
+
+    return _SQLITE_LOOKUP.format(targets=values(4, targets), purposes=values(4 + targets, purposes))
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,15 +352,8 @@ class HotPath:
                 raise self.failure(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
-            one = len(targets) == len(purposes) == 1
-            statement = SQLITE_LOOKUP_ONE if one else SQLITE_LOOKUP
-            parameters = (
-                key_hash,
-                subject_id,
-                targets[0] if one else json.dumps(targets),
-                purposes[0] if one else json.dumps(purposes),
-                device_id,
-            )
+            statement = sqlite_lookup(len(targets), len(purposes))
+            parameters = (key_hash, subject_id, device_id, *targets, *purposes)
             try:
                 raw = self._read_directly(statement, parameters)
                 if raw is None:  # busy: wait for it on a connection's thread

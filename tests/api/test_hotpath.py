@@ -32,7 +32,7 @@ async def both(
     app: FastAPI, client: httpx.AsyncClient, subject_id: str, device_id: str | None = None
 ) -> list[dict[str, Any]]:
     """The route's decisions, after asserting the ORM path gives the same, and the single check
-    each pair's (on SQLite a statement of its own: app.checks.fast.SQLITE_LOOKUP_ONE)."""
+    each pair's (on SQLite a statement of the shape of its one pair: app.checks.fast.sqlite_lookup)."""
     body: dict[str, Any] = {
         "subject_id": subject_id,
         "items": [{"target": t, "purpose": p} for t, p in PAIRS],
@@ -110,8 +110,8 @@ async def test_the_hot_path_decides_as_the_orm_path_in_every_state(
 async def test_a_batch_of_one_target_or_one_purpose_reads_every_pair(
     client: httpx.AsyncClient, subject_id: str
 ) -> None:
-    """SQLite's single check has a statement of its own (one target and one purpose): a batch
-    with one target and two purposes, or two targets and one purpose, is not a single check."""
+    """SQLite's statement takes as many values as the request has targets and purposes: one
+    target with two purposes, or two targets with one purpose, reads every pair."""
     given = [OPTIONAL, ("gender", "new_product_development"), OPTIONAL_2]
     for target, purpose in given:
         await set_consent(client, subject_id, target, purpose, "given")
