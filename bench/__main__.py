@@ -353,6 +353,7 @@ def server_env(url: str) -> dict[str, str]:
 
 
 CHECK = "/v1/checks?subject_id=%s&target=gender&purpose=service_improvement"
+PK = "/pk?subject_id=%s"  # the reference app's lookup
 
 
 def batch_pairs() -> list[tuple[str, str]]:
@@ -372,7 +373,7 @@ def throughput(backend: str, url: str, key: str, plan: Plan, results: Results) -
                 None,
                 plan.seconds,
                 plan.connections,
-                lua_random("/pk?subject_id=%s", plan.subjects),
+                lua_random(PK, plan.subjects),
             )
         with serving("app.main:create_app", env, workers, "/healthz") as app:
             single = wrk(
@@ -410,8 +411,9 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
         # up first, as the service is by its maximum's run): its primary-key read, and every
         # 10th request one row inserted and committed — the tail that the least durable write
         # leaves on the least read, on this machine, to hold the service's ratio against.
-        wrk(ref, "/pk", None, 2, plan.connections, lua_random("/pk?subject_id=%s", plan.subjects))
-        per_mixed = math.ceil(rate * plan.seconds * 2 / 10)
+        wrk(ref, "/pk", None, 2, plan.connections, lua_random(PK, plan.subjects))
+        span = plan.seconds * 2  # each open-loop run's
+        per_mixed = math.ceil(rate * span / 10)
         if TURNS * per_mixed > plan.writers // 6:
             raise SystemExit(f"too few writers for {TURNS} mixed runs at {rate}/s: {plan.writers}")
         kinds = ("read_only", "10% writes")
@@ -421,7 +423,7 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
         }
         for n in range(TURNS):
             for name, server, reference in (("service", app, False), ("reference", ref, True)):
-                made, span = latencies[name], plan.seconds * 2
+                made = latencies[name]
                 made["read_only"].append(
                     openloop(server, key, rate, span, plan.subjects, reference=reference)
                 )
@@ -615,6 +617,10 @@ def render(machine_line: str, command: str, results: list[dict[str, object]]) ->
     def row(backend: str, what: str, result: str, target: str = "") -> None:
         lines.append(f"| {backend} | {what} | {result} | {target} |")
 
+    def each_p99(each: dict[str, list[float]]) -> str:
+        runs = {kind: " / ".join(map(str, each[kind])) for kind in ("read_only", "10% writes")}
+        return f"read-only {runs['read_only']}, with writes {runs['10% writes']}"
+
     for res in results:
         b = str(res["backend"])
         for workers in (1, 2):
@@ -657,25 +663,18 @@ def render(machine_line: str, command: str, results: list[dict[str, object]]) ->
                 "same with 10% writes: check p99 ÷ read-only p99"
                 + (" (the median runs of three in turns; each run's p99 ms)" if each else ""),
                 f"{round(m['p99'] / r['p99'], 2)} ({m['p99']} ms"
-                + (
-                    f"; read-only {' / '.join(map(str, each['read_only']))}, "
-                    f"with writes {' / '.join(map(str, each['10% writes']))})"
-                    if each
-                    else ")"
-                ),
+                + (f"; {each_p99(each)})" if each else ")"),
                 "≤ 2",
             )
             ref = lat.get("reference")
             if isinstance(ref, dict):
                 rr, rm = ref["read_only"]["read"], ref["10% writes"]["read"]
-                each = ref["p99 of each run"]
                 row(
                     b,
                     "the reference app in the same turns (raw-driver pk read; every 10th request "
                     "one row inserted and committed): p99 ÷ read-only p99 (each run's p99 ms)",
-                    f"{round(rm['p99'] / rr['p99'], 2)} ({rm['p99']} ms; read-only "
-                    f"{' / '.join(map(str, each['read_only']))}, with writes "
-                    f"{' / '.join(map(str, each['10% writes']))})",
+                    f"{round(rm['p99'] / rr['p99'], 2)} ({rm['p99']} ms; "
+                    f"{each_p99(ref['p99 of each run'])})",
                 )
             c = res.get("during a checkpoint")
             if isinstance(c, dict):
