@@ -81,7 +81,8 @@ SELECT
   (SELECT json_group_array(json_array(c.target_key, c.purpose_key, c.state, c.event_id,
                                       c.policy_version, c.recorded_at, c.expires_at))
      FROM consent c
-    WHERE c.subject_id = ?2 AND c.target_key {targets} AND c.purpose_key {purposes}),
+    WHERE c.subject_id = ?2 AND {ranged}c.target_key {targets}
+      AND {ranged}c.purpose_key {purposes}),
   (SELECT json_group_array(json_array(o.target_key, o.state, o.last_denied_at))
      FROM permission_observation o
     WHERE o.subject_id = ?2 AND o.device_id = ?3 AND o.target_key {targets}),
@@ -89,19 +90,33 @@ SELECT
 """
 
 
+# Above this many (target, purpose) probes of the consent table's key, a batch reads the subject's
+# consents as one range of it instead (BENCHMARKS.md, step 29).
+RANGE_ABOVE = 24
+
+
 @functools.lru_cache(maxsize=256)
 def sqlite_lookup(targets: int, purposes: int) -> str:
     """The lookup for that many targets and purposes, bound as plain values after the key's
     hash, the subject and the device (?1, ?2, ?3): a pair as ``= ?4``, not as JSON arrays read
     through ``json_each``, which cost a single check twice the statement's time (BENCHMARKS.md).
-    Each shape is one text, kept prepared in each connection's cache (sqlite3's, 128 texts)."""
+    Each shape is one text, kept prepared in each connection's cache (sqlite3's, 128 texts).
+
+    SQLite probes the consents' primary key (subject, target, purpose) once for every target
+    with every purpose the lists hold: 72 probes for a batch of 20 pairs over 12 targets and 6
+    purposes. Beyond RANGE_ABOVE probes, a unary ``+`` keeps it from probing by target and
+    purpose: it reads the subject's consents as one range of that key and filters them by the
+    lists, which costs less even for a subject with a consent to every pair of the catalogue."""
 
     def values(first: int, count: int) -> str:
         if count == 1:
             return f"= ?{first}"
         return "IN (" + ", ".join(f"?{first + i}" for i in range(count)) + ")"
 
-    return _SQLITE_LOOKUP.format(targets=values(4, targets), purposes=values(4 + targets, purposes))
+    ranged = "+" if targets * purposes > RANGE_ABOVE else ""
+    return _SQLITE_LOOKUP.format(
+        ranged=ranged, targets=values(4, targets), purposes=values(4 + targets, purposes)
+    )
 
 
 @dataclass(frozen=True, slots=True)

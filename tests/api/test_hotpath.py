@@ -122,6 +122,43 @@ async def test_a_batch_of_one_target_or_one_purpose_reads_every_pair(
         assert [d["reason"] for d in response.json()["decisions"]] == ["consent_given"] * 2
 
 
+async def test_a_wide_batch_decides_as_the_orm_path(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """A batch whose targets and purposes make more probes of the consents' key than
+    fast.RANGE_ABOVE reads the subject's consents as one range on SQLite: only the subject's,
+    only the pairs asked, each in its own state."""
+    catalogue = app.state.catalogue
+    pairs = [pair for pair in catalogue.pairs.values() if not pair.necessary][:40]
+    keys = [pair.key for pair in pairs]
+    targets, purposes = {t for t, _ in keys}, {p for _, p in keys}
+    assert len(targets) * len(purposes) > fast.RANGE_ABOVE
+    # Not asked, though its target and its purpose are: it must not be read as an asked pair's.
+    unasked = next(
+        key
+        for key in catalogue.pairs
+        if key not in keys and key[0] in targets and key[1] in purposes
+    )
+    states = {keys[0]: "given", keys[7]: "withdrawn", keys[21]: "refused", keys[-1]: "given"}
+    prompt = {"prompt_id": "hot-path-test"}  # a dedicated prompt, for the sensitive pairs
+    await set_consent(client, subject_id, *keys[7], "given", evidence=prompt)  # then withdrawn
+    for (target, purpose), state in {**states, unasked: "given"}.items():
+        await set_consent(client, subject_id, target, purpose, state, evidence=prompt)
+    for target, purpose in keys[1:7]:  # another subject's consents are not this one's
+        await set_consent(client, f"{subject_id}-other", target, purpose, "given", evidence=prompt)
+    body = {"subject_id": subject_id, "items": [{"target": t, "purpose": p} for t, p in keys]}
+    response = await client.post("/v1/checks", json=body)
+    assert response.status_code == 200, response.text
+    decisions = response.json()["decisions"]
+    async with app.state.database.read_sessions() as session, session.begin():
+        slow = await service.check(session, app.state.settings, subject_id, pairs)
+    assert decisions == json.loads(answer(subject_id, slow))["decisions"]
+    expected = {"given": "consent_given", "withdrawn": "withdrawn", "refused": "refused"}
+    assert [d["reason"] for d in decisions] == [
+        expected[states[key]] if key in states else "not_asked" for key in keys
+    ]
+
+
 async def test_a_new_material_policy_is_seen_by_the_very_next_check(
     client: httpx.AsyncClient, subject_id: str
 ) -> None:
