@@ -20,6 +20,7 @@ from app.catalogue.loader import load_catalogue
 from app.catalogue.router import router as catalogue_router
 from app.catalogue.service import sync_catalogue
 from app.checks.fast import HotPath
+from app.checks.router import Answers
 from app.checks.router import direct_routes as checks_direct
 from app.checks.router import router as checks_router
 from app.consents.router import direct_routes as consents_direct
@@ -128,6 +129,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await sync_catalogue(session, catalogue)
     app.state.database = database
     app.state.catalogue = catalogue
+    app.state.answers = Answers(catalogue, settings)
     app.state.hot_path = hot_path = HotPath(settings, database)
     jobs = _background_jobs(settings, database, app.state.checkpoint_key)
     stop_delivering = asyncio.Event()

@@ -1,12 +1,23 @@
 """The decision rules, in order, as a pure function."""
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.catalogue.loader import load_catalogue
-from app.checks.decision import ConsentState, OsState, Policies, SubjectFacts, decide
+from app.checks.decision import (
+    ConsentState,
+    OsState,
+    Policies,
+    SubjectFacts,
+    decide,
+    unasked,
+    unasked_applies,
+)
+from app.checks.router import Answers, answer
+from app.checks.service import decide_all
 from app.core.config import Settings
 
 CATALOGUE = load_catalogue()
@@ -137,3 +148,65 @@ def test_child_ages_override_the_defaults_one_by_one() -> None:
         14,
         15,
     )
+
+
+SUBJECTS = [
+    SubjectFacts(),
+    SubjectFacts(cancelled=True),
+    SubjectFacts(child=True),
+    SubjectFacts(child=True, guardian_since=NOW - timedelta(days=2)),
+    SubjectFacts(guardian_since=NOW - timedelta(days=2)),
+]
+DEVICES = [  # (a device named, the OS state of the pair's permission on it)
+    (False, None),
+    (True, None),
+    (True, OsState("denied", NOW - timedelta(hours=1))),
+    (True, OsState("granted", None)),
+]
+
+
+def test_the_unasked_decision_is_decides_wherever_it_applies() -> None:
+    """Every pair of the catalogue, every kind of subject, with a device or none, at two
+    instants, under three archives of policy versions and two cool-downs: wherever
+    ``unasked_applies``, ``decide`` answers exactly ``unasked(pair)``."""
+    applied = 0
+    for pair in CATALOGUE.pairs.values():
+        expected = unasked(pair)
+        for subject, (device, os), at, policies, cooldown in itertools.product(
+            SUBJECTS, DEVICES, (T0, NOW), (Policies(), POLICIES, MATERIAL), (0, 48)
+        ):
+            if unasked_applies(None, subject, device and pair.permission):
+                applied += 1
+                assert expected == decide(
+                    pair, None, subject=subject, policies=policies, at=at, os=os, device=device,
+                    prompt_cooldown=timedelta(hours=cooldown),
+                )  # fmt: skip
+    assert applied >= len(CATALOGUE.pairs) * 2 * 3 * 2 * 3  # three subjects, a device or not
+
+
+def test_the_checks_body_is_its_decisions_answer_byte_for_byte() -> None:
+    """``Answers.body`` (the routes') against ``answer`` of ``decide_all``'s decisions, for every
+    pair of the catalogue in one check: with consents in every state and none, for every kind of
+    subject, with a device and OS states or none."""
+    settings = Settings()
+    pairs = list(CATALOGUE.pairs.values())
+    states = ["given", "refused", "withdrawn", "revoked", "given"]
+    consents = {pairs[i * 7].key: consent(state) for i, state in enumerate(states)}
+    consents[CAMERA.key] = consent("refused")
+    consents[("permission.location", "app_features")] = consent("given")
+    os = {
+        "permission.camera": OsState("denied", NOW - timedelta(hours=1)),
+        "permission.location": OsState("granted", None),
+    }
+    answers = Answers(CATALOGUE, settings)
+    subject_id = 'user "1", ü'  # JSON escapes and non-ASCII text, written as answer writes them
+    for subject, (device_id, observed) in itertools.product(
+        SUBJECTS, [(None, {}), ("phone-1", {}), ("phone-1", os)]
+    ):
+        decisions = decide_all(
+            settings, pairs, consents, observed, subject, MATERIAL, NOW, device_id
+        )
+        body = answers.body(
+            subject_id, pairs, consents, observed, subject, MATERIAL, NOW, device_id
+        )
+        assert body == answer(subject_id, decisions)
