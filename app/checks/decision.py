@@ -58,7 +58,8 @@ OS_ALLOWS = frozenset({"granted", "granted_limited", "granted_once", "provisiona
 # OS states no prompt can change: only the user, in the system settings, can.
 OS_SETTINGS_ONLY = frozenset({"denied_permanent", "restricted"})
 OS_DENIALS = frozenset({"denied", "denied_permanent"})
-_ANY_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)  # ``unasked`` reads none
+# What ``unasked`` passes as the instant, which ``decide`` does not read there.
+_ANY_INSTANT = datetime(2000, 1, 1, tzinfo=UTC)
 # Reasons after which the app must not ask the user at all.
 _NO_PROMPT = frozenset({"account_cancelled", "guardian_consent_required"})
 
@@ -193,19 +194,31 @@ def decide(
 
 
 def unasked(pair: Pair) -> Decision:
-    """The decision on ``pair`` for a subject who has no consent to it, is neither cancelled nor
-    a child, and asks for no device (or about a data target): what ``decide`` answers then reads
-    no instant, policy version or cool-down, so it is the same at every instant and for every
-    such subject, and the check writes it once per pair (``app.checks.router.Answers``).
-    tests/unit/test_decision.py holds ``decide`` to it; a rule that makes it depend on more
-    must change ``unasked_applies`` below with it."""
+    """The decision on ``pair`` wherever ``unasked_applies``: then ``decide`` reads no instant,
+    policy version or cool-down, so it is the same decision at every instant and for every such
+    subject, worked out once per pair (the check writes it once: ``app.checks.router.Answers``).
+    tests/unit/test_decision.py holds ``decide`` to it; a rule that makes that decision read
+    more must change ``unasked_applies`` with it."""
     return decide(pair, None, subject=SubjectFacts(), policies=Policies(), at=_ANY_INSTANT)
 
 
-def unasked_applies(consent: ConsentState | None, subject: SubjectFacts, os_counts: bool) -> bool:
-    """Whether ``unasked`` is the decision: no consent, a subject neither cancelled nor a child,
-    and no OS state that counts (``os_counts``: a device named and a permission target)."""
-    return consent is None and not os_counts and not subject.cancelled and not subject.child
+def unasked_applies(
+    pair: Pair,
+    consent: ConsentState | None,
+    subject: SubjectFacts,
+    os: OsState | None,
+    device: bool,
+) -> bool:
+    """Whether ``decide`` with these arguments is ``unasked(pair)``: the subject has no consent
+    to the pair, is neither cancelled nor a child, and no OS state is read (none given, and no
+    device named for a permission target)."""
+    return (
+        consent is None
+        and os is None
+        and not (device and pair.permission)
+        and not subject.cancelled
+        and not subject.child
+    )
 
 
 def _reason(

@@ -134,7 +134,7 @@ async def test_a_wide_batch_decides_as_the_orm_path(
     targets, purposes = {t for t, _ in keys}, {p for _, p in keys}
     assert len(targets) * len(purposes) > fast.RANGE_ABOVE
     # Not asked, though its target and its purpose are: it must not be read as an asked pair's.
-    unasked = next(
+    not_in_batch = next(
         key
         for key in catalogue.pairs
         if key not in keys and key[0] in targets and key[1] in purposes
@@ -142,7 +142,7 @@ async def test_a_wide_batch_decides_as_the_orm_path(
     states = {keys[0]: "given", keys[7]: "withdrawn", keys[21]: "refused", keys[-1]: "given"}
     prompt = {"prompt_id": "hot-path-test"}  # a dedicated prompt, for the sensitive pairs
     await set_consent(client, subject_id, *keys[7], "given", evidence=prompt)  # then withdrawn
-    for (target, purpose), state in {**states, unasked: "given"}.items():
+    for (target, purpose), state in {**states, not_in_batch: "given"}.items():
         await set_consent(client, subject_id, target, purpose, state, evidence=prompt)
     for target, purpose in keys[1:7]:  # another subject's consents are not this one's
         await set_consent(client, f"{subject_id}-other", target, purpose, "given", evidence=prompt)

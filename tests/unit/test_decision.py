@@ -157,31 +157,34 @@ SUBJECTS = [
     SubjectFacts(child=True, guardian_since=NOW - timedelta(days=2)),
     SubjectFacts(guardian_since=NOW - timedelta(days=2)),
 ]
-DEVICES = [  # (a device named, the OS state of the pair's permission on it)
+DEVICES = [  # (a device named, the OS state of the pair's target on it)
     (False, None),
+    (False, OsState("denied_permanent", None)),  # given with no device: it is still read
     (True, None),
     (True, OsState("denied", NOW - timedelta(hours=1))),
     (True, OsState("granted", None)),
 ]
 
 
-def test_the_unasked_decision_is_decides_wherever_it_applies() -> None:
-    """Every pair of the catalogue, every kind of subject, with a device or none, at two
-    instants, under three archives of policy versions and two cool-downs: wherever
-    ``unasked_applies``, ``decide`` answers exactly ``unasked(pair)``."""
+def test_decide_is_the_unasked_decision_wherever_it_applies() -> None:
+    """Every pair of the catalogue, every kind of subject, with a device or none, an OS state
+    or none, at two instants, under three archives of policy versions and two cool-downs:
+    wherever ``unasked_applies``, ``decide`` answers exactly ``unasked(pair)``."""
     applied = 0
     for pair in CATALOGUE.pairs.values():
         expected = unasked(pair)
         for subject, (device, os), at, policies, cooldown in itertools.product(
             SUBJECTS, DEVICES, (T0, NOW), (Policies(), POLICIES, MATERIAL), (0, 48)
         ):
-            if unasked_applies(None, subject, device and pair.permission):
+            if unasked_applies(pair, None, subject, os, device):
                 applied += 1
                 assert expected == decide(
                     pair, None, subject=subject, policies=policies, at=at, os=os, device=device,
                     prompt_cooldown=timedelta(hours=cooldown),
                 )  # fmt: skip
-    assert applied >= len(CATALOGUE.pairs) * 2 * 3 * 2 * 3  # three subjects, a device or not
+    # each pair at least for the two subjects it applies to with no device, at both instants,
+    # under the three archives, with both cool-downs
+    assert applied >= len(CATALOGUE.pairs) * 2 * 2 * 3 * 2
 
 
 def test_the_checks_body_is_its_decisions_answer_byte_for_byte() -> None:
@@ -199,10 +202,9 @@ def test_the_checks_body_is_its_decisions_answer_byte_for_byte() -> None:
         "permission.location": OsState("granted", None),
     }
     answers = Answers(CATALOGUE, settings)
-    subject_id = 'user "1", ü'  # JSON escapes and non-ASCII text, written as answer writes them
-    for subject, (device_id, observed) in itertools.product(
-        SUBJECTS, [(None, {}), ("phone-1", {}), ("phone-1", os)]
-    ):
+    subject_id = 'user "1" \\ ü'  # escaped (a quote, a backslash) and non-ASCII, as answer does
+    devices = [(None, {}), (None, os), ("phone-1", {}), ("phone-1", os)]
+    for subject, (device_id, observed) in itertools.product(SUBJECTS, devices):
         decisions = decide_all(
             settings, pairs, consents, observed, subject, MATERIAL, NOW, device_id
         )
