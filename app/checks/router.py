@@ -3,7 +3,7 @@ the subject and its consents (``app.checks.fast``); any other credential is auth
 every route, and refused (no subject token may run checks)."""
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -20,13 +20,11 @@ from app.checks.decision import (
     OsState,
     Policies,
     SubjectFacts,
-    decide,
     unasked,
-    unasked_applies,
 )
 from app.checks.fast import HotPath
 from app.checks.schemas import CheckQuery, CheckRequest, CheckResponse
-from app.checks.service import subject_facts
+from app.checks.service import decide_all, subject_facts
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.errors import InvalidInput, problem_responses
@@ -86,11 +84,11 @@ class Answers:
     ``answer`` writes for ``decide_all``'s decisions, byte for byte, but with each pair's
     ``decision.unasked`` decided and written once, and used wherever it applies (a pair the
     subject has no consent to: typically most of a batch). Deciding and writing a batch of 20
-    took as long as its statement; this took that from 28 to 8 µs (BENCHMARKS.md, step 29)."""
+    took as long as its statement; this took that from 26 to 10 µs (BENCHMARKS.md, step 29)."""
 
     def __init__(self, catalogue: Catalogue, settings: Settings) -> None:
         self._unasked = {key: _DECISION.to_json(unasked(p)) for key, p in catalogue.pairs.items()}
-        self._cooldown = timedelta(hours=settings.prompt_cooldown_hours)
+        self._settings = settings
 
     def body(
         self,
@@ -103,25 +101,10 @@ class Answers:
         now: datetime,
         device_id: str | None,
     ) -> bytes:
-        device = device_id is not None
-        parts = []
-        for pair in pairs:
-            consent = consents.get(pair.key)
-            observed = os.get(pair.key[0]) if os else None
-            if unasked_applies(pair, consent, facts, observed, device):
-                parts.append(self._unasked[pair.key])
-                continue
-            decision = decide(
-                pair,
-                consent,
-                subject=facts,
-                policies=policies,
-                at=now,
-                os=observed,
-                device=device,
-                prompt_cooldown=self._cooldown,
-            )
-            parts.append(_DECISION.to_json(decision))
+        decisions = decide_all(
+            self._settings, pairs, consents, os, facts, policies, now, device_id, self._unasked
+        )
+        parts = [d if isinstance(d, bytes) else _DECISION.to_json(d) for d in decisions]
         return b'{"subject_id":%b,"decisions":[%b]}' % (to_json(subject_id), b",".join(parts))
 
 

@@ -3,9 +3,9 @@ for the pairs asked, and the OS state when a device is named), no cache. The rou
 reads made by one statement on the driver (``app.checks.fast``); this one is its reference, held
 to it by the tests, and the decision code is shared."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -18,12 +18,15 @@ from app.checks.decision import (
     Policies,
     SubjectFacts,
     decide,
+    unasked_applies,
 )
 from app.core.config import Settings
 from app.core.types import utcnow
 from app.models import Consent, PermissionObservation, Subject
 from app.policies.service import load_policies
 from app.subjects.age import AgeFacts, is_child
+
+T = TypeVar("T")
 
 
 async def check(
@@ -73,22 +76,32 @@ def decide_all(
     policies: Policies,
     now: datetime,
     device_id: str | None,
-) -> list[Decision]:
+    ready: Mapping[tuple[str, str], T] | None = None,
+) -> list[Decision | T]:
+    """Each pair's decision, in order; with ``ready``, a pair's entry there instead wherever
+    its decision is ``decision.unasked`` (the check's written ones: ``router.Answers``)."""
     cooldown = timedelta(hours=settings.prompt_cooldown_hours)
     device = device_id is not None
-    return [
-        decide(
-            p,
-            consents.get(p.key),
-            subject=facts,
-            policies=policies,
-            at=now,
-            os=os.get(p.key[0]) if os else None,
-            device=device,
-            prompt_cooldown=cooldown,
+    decisions: list[Decision | T] = []
+    for pair in pairs:
+        consent = consents.get(pair.key)
+        observed = os.get(pair.key[0]) if os else None
+        if ready is not None and unasked_applies(pair, consent, facts, observed, device):
+            decisions.append(ready[pair.key])
+            continue
+        decisions.append(
+            decide(
+                pair,
+                consent,
+                subject=facts,
+                policies=policies,
+                at=now,
+                os=observed,
+                device=device,
+                prompt_cooldown=cooldown,
+            )
         )
-        for p in pairs
-    ]
+    return decisions
 
 
 class CheckedSubject(AgeFacts, Protocol):
