@@ -113,7 +113,7 @@ def steady_collector() -> Iterator[None]:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: ConsentLedgerAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.signing_secret = load_signing_secret(settings)
     app.state.checkpoint_key = signing_key(app.state.signing_secret)
@@ -138,6 +138,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         deliverer = Deliverer(settings, database)
         delivery = asyncio.create_task(deliverer.run(stop_delivering))
     try:
+        await app.route_once()
         with steady_collector():
             yield
     finally:

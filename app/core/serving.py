@@ -19,12 +19,16 @@ router dependencies (the endpoints take no dependencies).
 
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.requests import Request
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+# A path no route of the application takes (``ConsentLedgerAPI.route_once``).
+ROUTED_NOWHERE = "/.consent-ledger/start-up"
 
 
 async def _endpoint(scope: Scope, receive: Receive, send: Send) -> None:
@@ -55,6 +59,17 @@ class ConsentLedgerAPI(FastAPI):
                     await self._hot_stack(scope, receive, send)
                     return
         await super().__call__(scope, receive, send)
+
+    async def route_once(self) -> None:
+        """Match one request against every route, answered 404, so that FastAPI builds its
+        routes now: it builds an included router's routes the first time a request is matched
+        against them, on the event loop, and the checks, served ahead of the router, never are.
+        Left to the first request on any other route, that held a worker's loop for ~40 ms
+        with every check in flight waiting (BENCHMARKS.md, step 30). Call it before the
+        application's lasting objects are frozen (``app.main.steady_collector``)."""
+        transport = httpx.ASGITransport(app=self)
+        async with httpx.AsyncClient(transport=transport, base_url="http://start-up") as client:
+            await client.get(ROUTED_NOWHERE)
 
     def _error_handling(self, app: ASGIApp) -> ASGIApp:
         """``app`` inside the two error-handling middlewares of FastAPI's own stack, given the

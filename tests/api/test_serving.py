@@ -4,14 +4,16 @@ a root path; as served and as FastAPI alone would serve the same endpoints (conf
 
 import gc
 import logging
+from collections.abc import AsyncIterator
 
+import fastapi.routing
 import httpx
 import pytest
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.core.config import Settings
-from app.core.serving import ConsentLedgerAPI
+from app.core.serving import ROUTED_NOWHERE, ConsentLedgerAPI
 from app.main import YOUNG_COLLECTION_EVERY, create_app
 from tests.factories import KEYS, OPTIONAL, auth, check, set_consent
 
@@ -40,13 +42,25 @@ class Recorder:
         await self.app(scope, receive, send)
 
 
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[ConsentLedgerAPI]:
+    """The application with a ``Recorder`` added, as middleware is, before it starts: what went
+    through FastAPI's stack is in ``app.state.seen``."""
+    application = create_app(settings)
+    application.state.seen = []
+    application.add_middleware(Recorder, seen=application.state.seen)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 async def test_the_hot_paths_are_served_ahead_of_the_stack(
     app: FastAPI, served: str, subject_id: str
 ) -> None:
     """The checks and the consent changes skip the application's middleware; nothing else does,
     and with the hot routes off (as FastAPI would serve them) they go through it too."""
-    seen: list[str] = []
-    app.add_middleware(Recorder, seen=seen)
+    seen: list[str] = app.state.seen
+    assert seen == [f"GET {ROUTED_NOWHERE}"]  # at start-up (ConsentLedgerAPI.route_once)
+    seen.clear()
     async with client_under(app, "") as client:
         await set_consent(client, subject_id, *OPTIONAL, "given")
         response = await client.post(
@@ -122,8 +136,8 @@ async def test_an_unexpected_error_is_the_services_500_and_reaches_the_server(
 @pytest.mark.usefixtures("served")
 async def test_a_root_path_is_served(app: FastAPI, subject_id: str) -> None:
     """Behind a proxy that mounts the service under a prefix (uvicorn --root-path)."""
-    seen: list[str] = []
-    app.add_middleware(Recorder, seen=seen)
+    seen: list[str] = app.state.seen
+    seen.clear()
     async with client_under(app, "/consent") as client:
         await set_consent(client, subject_id, *OPTIONAL, "given")
         assert (await check(client, subject_id, *OPTIONAL))["allowed"] is True
@@ -154,3 +168,29 @@ async def test_the_collector_is_set_for_serving_and_restored_at_shutdown(
         assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *before[1:])
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+async def test_the_routes_are_built_before_the_first_request(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI builds an included router's routes (their dependencies, parameters and models)
+    when a request is first matched against them, on the event loop. The application has it
+    done at start-up, so that no request waits for it."""
+    built: list[str] = []
+    build = fastapi.routing.get_dependant
+
+    def counted(*, path: str, **kwargs: object) -> object:
+        built.append(path)
+        return build(path=path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(fastapi.routing, "get_dependant", counted)
+    application = create_app(settings)
+    built.clear()
+    async with application.router.lifespan_context(application):
+        assert "/v1/audit/checkpoints" in built, "FastAPI builds its routes otherwise now"
+        built.clear()
+        async with client_under(application, "") as client:
+            assert (await client.get("/v1/catalogue")).status_code == 200
+            response = await client.get("/v1/audit/checkpoints", headers=auth(KEYS["auditor"]))
+        assert response.status_code == 200, response.text
+        assert built == []
