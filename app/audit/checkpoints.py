@@ -166,16 +166,18 @@ class LedgerNoLongerExtendsCheckpoint(Conflict):
 # consent change waiting 4-10 s on 151,000 subjects (BENCHMARKS.md, step 20).
 #   0. read only: is one due, and does the ledger still hold every head the latest one saw
 #      (refused before anything is copied);
-#   1. under the write lock, short: the checkpoint row, unsigned (pending), and a copy of every
-#      subject's head in one statement, so they are of one instant;
+#   1. under the write lock, short: the checkpoint row, unsigned (pending); then a copy of every
+#      subject's head, all of one instant (``_copy``: on SQLite one statement under the write
+#      lock, on PostgreSQL a range at a time inside one repeatable-read snapshot);
 #   2. read only: the copy must extend the latest checkpoint's heads (no subject gone or back),
 #      and the ledger must still hold them (a cut made and grown again since step 0); then the
 #      counts and the Merkle root, from the copy, which nothing changes any more;
 #   3. under the write lock, short: the row signed, or removed with its heads.
 # A pending row is seen by no reader (SIGNED) and stands for a lock: while one was renewed less
 # than PENDING_LEASE ago no other checkpoint is begun; its writer renews it every
-# PENDING_LEASE / 3 (its created_at, until it is signed with the instant of its copy); one not
-# renewed for longer was left by a worker that stopped, and is removed by the next writer.
+# PENDING_LEASE / 3 (its created_at, until it is signed with the instant it was begun, right
+# before its copy); one not renewed for longer was left by a worker that stopped, and is
+# removed by the next writer.
 PENDING_LEASE = timedelta(minutes=15)
 SIGNED = col(Checkpoint.signature) != ""
 
@@ -196,6 +198,7 @@ async def create_checkpoint(
     evidence; and (409) while another checkpoint is being written."""
     periodic = unless_newer_than is not None
     async with database.read_sessions() as session, session.begin():
+        await _in_background(session)
         latest = await latest_checkpoint(session)
         if unless_newer_than is not None and not await _due(session, latest, unless_newer_than):
             return None
@@ -216,6 +219,7 @@ async def create_checkpoint(
         if checkpoint is None:
             return None
         renewing = asyncio.create_task(_renew(database, checkpoint_id))
+        await _copy(database, checkpoint)
         signed = await _finish(database, key, checkpoint, latest, periodic)
         if signed is None and periodic:
             await _discard(database, checkpoint_id)
@@ -254,6 +258,16 @@ def _cut(cut: list["HeadProblem"], latest: Checkpoint) -> LedgerNoLongerExtendsC
 
 def _on_postgresql(session: AsyncSession) -> bool:
     return session.bind is not None and session.bind.dialect.name == "postgresql"
+
+
+async def _in_background(session: AsyncSession) -> None:
+    """On PostgreSQL, the job's statements in this transaction each take one core, and are not
+    compiled (JIT): sorting one checkpoint's heads for the root took both cores for ~100 ms
+    with JIT and parallel workers, 56 ms on one without, and checks queued behind it (see
+    BENCHMARKS.md, step 31)."""
+    if _on_postgresql(session):
+        one_core = func.set_config("max_parallel_workers_per_gather", "0", True)
+        await session.exec(select(one_core, func.set_config("jit", "off", True)))
 
 
 async def _lock(session: AsyncSession) -> None:
@@ -296,22 +310,45 @@ async def _begin(
         previous_root=latest.merkle_root if latest else None,
     )
     session.add(checkpoint)
-    await session.flush()
+    return checkpoint
+
+
+async def _copy(database: Database, checkpoint: Checkpoint) -> None:
+    """Step 1's copy: every subject's head, all of one instant. On SQLite one statement, under
+    the write lock (a fraction of a second on 151,000 subjects; it is what consent changes wait
+    for). On PostgreSQL a range of subjects at a time (HEADS_PER_STATEMENT), resting between
+    them (``Pace``), in one repeatable-read transaction: every range is read from the snapshot
+    its first statement took. In one statement the copy kept a core busy for most of a second,
+    and checks queued behind it (BENCHMARKS.md, step 31)."""
     heads = CheckpointHead.__table__  # type: ignore[attr-defined]
-    await session.exec(
-        heads.insert().from_select(
+
+    def copied(*ranged: Any) -> Any:
+        return heads.insert().from_select(
             ["checkpoint_id", "subject_id", "seq", "head_hash"],
             select(
                 literal(checkpoint.id, Uuid()), Subject.id, Subject.last_seq, Subject.head_hash
-            ).where(col(Subject.last_seq) > 0),
+            ).where(col(Subject.last_seq) > 0, *ranged),
         )
-    )
-    if _on_postgresql(session):
+
+    if database.dialect != "postgresql":
+        async with database.write_sessions() as session, session.begin():
+            await session.exec(copied())
+        return
+    snapshot = database.engine.execution_options(isolation_level="REPEATABLE READ")
+    pace = Pace()
+    async with database.write_sessions(bind=snapshot) as session, session.begin():
+        await _in_background(session)
+        async for low, high in _ranges(session, col(Subject.id)):
+            await session.exec(copied(*_within(col(Subject.id), low, high)))
+            await pace.turn()
         # The planner's statistics have not seen this checkpoint's id: it took the copy for one
         # row and joined it to the previous checkpoint's heads by scanning it once per head,
-        # 151,000 x 151,000 (BENCHMARKS.md, step 20). Counted now, in this transaction.
+        # 151,000 x 151,000 (BENCHMARKS.md, step 20). Counted now, in this transaction, from a
+        # sample of 3,000 rows (statistics target 10), plenty for the size of one checkpoint's
+        # copy: from the default 30,000 it took 250-380 ms of a core, and checks queued behind
+        # it (step 31); the database's own analysis later goes back to the default.
+        await session.exec(select(func.set_config("default_statistics_target", "10", True)))
         await session.exec(text("ANALYZE checkpoint_head"))  # type: ignore[call-overload]
-    return checkpoint
 
 
 async def _finish(
@@ -324,6 +361,7 @@ async def _finish(
     """Steps 2 and 3. None if the periodic job found nothing changed."""
     pace = Pace()
     async with database.read_sessions() as session, session.begin():
+        await _in_background(session)
         if latest is not None and (
             cut := await _shrunk(session, latest, checkpoint, pace)
             or await check_against(session, latest, pace)
@@ -475,9 +513,10 @@ async def check_against(
     return await _problems(session, statement, checkpoint.id, col(CheckpointHead.subject_id), pace)
 
 
-# Heads compared per statement when a checkpoint is written: the database's part of the work,
-# too, in slices with rests between them. In one statement each comparison kept a core busy for
-# 1-2 s on 151,000 subjects, and checks queued behind it (BENCHMARKS.md, step 20).
+# Heads copied or compared per statement when a checkpoint is written: the database's part of
+# the work, too, in slices with rests between them. In one statement each comparison kept a core
+# busy for 1-2 s on 151,000 subjects, and checks queued behind it (BENCHMARKS.md, steps 20-21,
+# and for the copy on PostgreSQL step 31).
 HEADS_PER_STATEMENT = 5_000
 
 
@@ -489,21 +528,39 @@ async def _problems(
     if pace is None:
         return [HeadProblem(*row) for row in await session.exec(statement)]
     problems: list[HeadProblem] = []
-    low: str | None = None
-    while True:
-        ids = select(CheckpointHead.subject_id).where(CheckpointHead.checkpoint_id == checkpoint_id)
-        if low is not None:
-            ids = ids.where(col(CheckpointHead.subject_id) > low)
-        last = ids.order_by(col(CheckpointHead.subject_id)).offset(HEADS_PER_STATEMENT - 1)
-        high = (await session.exec(last.limit(1))).first()
-        part = statement if low is None else statement.where(column > low)
-        if high is not None:
-            part = part.where(column <= high)
+    heads = (col(CheckpointHead.subject_id), CheckpointHead.checkpoint_id == checkpoint_id)
+    async for low, high in _ranges(session, *heads):
+        part = statement.where(*_within(column, low, high))
         problems.extend(HeadProblem(*row) for row in await session.exec(part))
         await pace.turn()
+    return problems
+
+
+async def _ranges(
+    session: AsyncSession, key: Any, *where: Any
+) -> AsyncIterator[tuple[str | None, str | None]]:
+    """The values of ``key`` among the rows ``where`` selects, in consecutive ranges (low, high]
+    of HEADS_PER_STATEMENT values, from the first (low None) to the last (high None); each
+    upper end found by an offset along the primary key that ``key`` ends."""
+    low: str | None = None
+    while True:
+        values = select(key).where(*where)
+        if low is not None:
+            values = values.where(key > low)
+        last = values.order_by(key).offset(HEADS_PER_STATEMENT - 1).limit(1)
+        high = (await session.exec(last)).first()
+        yield low, high
         if high is None:
-            return problems
+            return
         low = high
+
+
+def _within(column: Any, low: str | None, high: str | None) -> list[Any]:
+    """The conditions that ``column`` is in the range (low, high], None an open end."""
+    return [
+        *([column > low] if low is not None else []),
+        *([column <= high] if high is not None else []),
+    ]
 
 
 def _byte_order(session: AsyncSession) -> Any:

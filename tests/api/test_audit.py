@@ -547,6 +547,40 @@ async def test_checkpoints_taken_during_writes_count_what_their_heads_hold(
         assert checkpoint["event_count"] == sum(h["seq"] for h in heads)
 
 
+@pytest.mark.parametrize("per_statement", [1, checkpoints.HEADS_PER_STATEMENT])
+async def test_a_checkpoints_heads_are_of_one_instant_while_it_rests(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, per_statement: int
+) -> None:
+    """On PostgreSQL the heads are copied a range of subjects at a time with rests between
+    (on SQLite at once, and the first rest is the hashing's): changes made during a rest, to
+    subjects copied already, still to be copied, or new, are in none of the heads."""
+    monkeypatch.setattr(checkpoints, "HEADS_PER_STATEMENT", per_statement)
+    for subject in ("i-1", "i-2", "i-3"):
+        await set_consent(client, subject, *OPTIONAL, "given")
+    resting, release = asyncio.Event(), asyncio.Event()
+
+    async def first_rest_held(self: checkpoints.Pace) -> None:
+        if not resting.is_set():
+            resting.set()
+            await release.wait()
+
+    monkeypatch.setattr(checkpoints.Pace, "turn", first_rest_held)
+    writing = asyncio.create_task(client.post("/v1/audit/checkpoints", headers=OFFICER))
+    await asyncio.wait_for(resting.wait(), 30)
+    for subject in ("i-1", "i-3"):
+        await set_consent(client, subject, *OPTIONAL, "withdrawn")
+    for subject in ("i-0", "i-4"):
+        await set_consent(client, subject, *OPTIONAL, "given")
+    release.set()
+    made = await writing
+    assert made.status_code == 201, made.text
+    response = await client.get(f"/v1/audit/checkpoints/{made.json()['id']}/heads", headers=AUDITOR)
+    heads = [json.loads(line) for line in response.text.splitlines()]
+    assert [(h["subject_id"], h["seq"]) for h in heads] == [("i-1", 1), ("i-2", 1), ("i-3", 1)]
+    assert (made.json()["subject_count"], made.json()["event_count"]) == (3, 3)
+    assert (await verification(client))["ok"] is True
+
+
 def paused_hashing(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
     """Checkpoints stop before folding their root (the long part) until ``release`` is set."""
     hashing, release = asyncio.Event(), asyncio.Event()
@@ -764,6 +798,78 @@ async def test_postgresql_plans_a_checkpoint_knowing_its_copy(
         await asyncio.sleep(0.05)
     assert after is not None
     assert before is None or after > before
+
+
+async def test_postgresql_analyses_a_checkpoints_copy_from_a_small_sample(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    """Enough for the planner to know one checkpoint's size, a tenth of the default's work."""
+    if app.state.database.dialect != "postgresql":
+        pytest.skip("SQLite's planner keeps no statistics unless asked")
+    for n in range(30):
+        await set_consent(client, f"s-{n:02}", *OPTIONAL, "given")
+    made = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert made.status_code == 201, made.text
+    query = (
+        "SELECT cardinality(histogram_bounds::text::text[]) FROM pg_stats "
+        "WHERE tablename = 'checkpoint_head' AND attname = 'subject_id'"
+    )
+    async with app.state.database.engine.connect() as connection:
+        assert (await connection.execute(text(query))).scalar_one() == 11  # target 10, not 100
+        assert (await connection.execute(text("SHOW default_statistics_target"))).scalar() == "100"
+
+
+async def test_postgresql_runs_a_checkpoints_statements_on_one_core_without_jit(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In each of its transactions, and only in them: its connections go back to the pool
+    with the server's settings."""
+    if app.state.database.dialect != "postgresql":
+        pytest.skip("PostgreSQL's settings")
+    await three_events(client, "j-1")
+    await client.post("/v1/audit/checkpoints", headers=OFFICER)  # the next one compares with it
+    seen: dict[int, list[tuple[str, str]]] = {}
+
+    async def settings(session: Any) -> tuple[int, tuple[str, str]]:
+        shown = await session.exec(
+            text(
+                "SELECT pg_backend_pid(), current_setting('jit'), "
+                "current_setting('max_parallel_workers_per_gather')"
+            )
+        )
+        pid, jit, workers = shown.one()
+        return pid, (jit, workers)
+
+    ranges, fold = checkpoints._ranges, checkpoints.stored_heads_root
+
+    async def ranges_seen(session: Any, *args: Any) -> Any:
+        pid, found = await settings(session)
+        seen.setdefault(pid, []).append(found)
+        async for bounds in ranges(session, *args):
+            yield bounds
+
+    async def fold_seen(session: Any, *args: Any) -> str:
+        pid, found = await settings(session)
+        seen.setdefault(pid, []).append(found)
+        return await fold(session, *args)
+
+    async with app.state.database.read_sessions() as session:
+        _, served = await settings(session)
+    assert served != ("off", "0")  # the server's defaults, or this test would show nothing
+    monkeypatch.setattr(checkpoints, "_ranges", ranges_seen)
+    monkeypatch.setattr(checkpoints, "stored_heads_root", fold_seen)
+    made = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert made.status_code == 201, made.text
+    # the comparison before the copy, the copy, the two comparisons after it, the root
+    assert sorted(found for each in seen.values() for found in each) == [("off", "0")] * 5
+    back: dict[int, tuple[str, str]] = {}
+    for _ in range(200):  # until each of the job's connections has been taken from the pool
+        async with app.state.database.read_sessions() as session:
+            pid, found = await settings(session)
+            back[pid] = found
+        if set(seen) <= set(back):
+            break
+    assert {pid: back[pid] for pid in seen} == dict.fromkeys(seen, served)
 
 
 async def test_a_checkpoint_rests_three_times_as_long_as_it_works(
