@@ -166,18 +166,18 @@ class LedgerNoLongerExtendsCheckpoint(Conflict):
 # consent change waiting 4-10 s on 151,000 subjects (BENCHMARKS.md, step 20).
 #   0. read only: is one due, and does the ledger still hold every head the latest one saw
 #      (refused before anything is copied);
-#   1. under the write lock, short: the checkpoint row, unsigned (pending); then a copy of every
-#      subject's head, all of one instant (``_copy``: on SQLite one statement under the write
-#      lock, on PostgreSQL a range at a time inside one repeatable-read snapshot);
+#   1. under the write lock, short: the checkpoint row, unsigned (pending); then, committed
+#      apart, a copy of every subject's head, all of one instant (``_copy``: on SQLite one
+#      statement under the write lock, on PostgreSQL a range at a time inside one
+#      repeatable-read snapshot, paced, with no lock but the pending row's claim);
 #   2. read only: the copy must extend the latest checkpoint's heads (no subject gone or back),
 #      and the ledger must still hold them (a cut made and grown again since step 0); then the
 #      counts and the Merkle root, from the copy, which nothing changes any more;
 #   3. under the write lock, short: the row signed, or removed with its heads.
 # A pending row is seen by no reader (SIGNED) and stands for a lock: while one was renewed less
 # than PENDING_LEASE ago no other checkpoint is begun; its writer renews it every
-# PENDING_LEASE / 3 (its created_at, until it is signed with the instant it was begun, right
-# before its copy); one not renewed for longer was left by a worker that stopped, and is
-# removed by the next writer.
+# PENDING_LEASE / 3 (its created_at, until it is signed with the instant of its copy); one not
+# renewed for longer was left by a worker that stopped, and is removed by the next writer.
 PENDING_LEASE = timedelta(minutes=15)
 SIGNED = col(Checkpoint.signature) != ""
 
@@ -283,7 +283,8 @@ async def _begin(
     latest: Checkpoint | None,
     periodic: bool,
 ) -> Checkpoint | None:
-    """Step 1: the pending checkpoint and its heads, if nothing changed since step 0."""
+    """Step 1: the pending checkpoint (its heads are ``_copy``'s), if nothing changed since
+    step 0."""
     await _lock(session)
     if (found := await _being_written(session)) is not None:
         if periodic:
@@ -318,8 +319,11 @@ async def _copy(database: Database, checkpoint: Checkpoint) -> None:
     the write lock (a fraction of a second on 151,000 subjects; it is what consent changes wait
     for). On PostgreSQL a range of subjects at a time (HEADS_PER_STATEMENT), resting between
     them (``Pace``), in one repeatable-read transaction: every range is read from the snapshot
-    its first statement took. In one statement the copy kept a core busy for most of a second,
-    and checks queued behind it (BENCHMARKS.md, step 31)."""
+    the transaction's first statement took. In one statement the copy kept a core busy for most
+    of a second, and checks queued behind it (BENCHMARKS.md, step 31). The checkpoint's
+    ``created_at`` becomes the instant of the copy: taken once the transaction holds its
+    connection (on SQLite, the write lock), right before the statement that reads the heads
+    (on PostgreSQL, that takes the snapshot)."""
     heads = CheckpointHead.__table__  # type: ignore[attr-defined]
 
     def copied(*ranged: Any) -> Any:
@@ -332,11 +336,15 @@ async def _copy(database: Database, checkpoint: Checkpoint) -> None:
 
     if database.dialect != "postgresql":
         async with database.write_sessions() as session, session.begin():
+            await session.connection()
+            checkpoint.created_at = utcnow()
             await session.exec(copied())
         return
     snapshot = database.engine.execution_options(isolation_level="REPEATABLE READ")
     pace = Pace()
     async with database.write_sessions(bind=snapshot) as session, session.begin():
+        await session.connection()
+        checkpoint.created_at = utcnow()
         await _in_background(session)
         async for low, high in _ranges(session, col(Subject.id)):
             await session.exec(copied(*_within(col(Subject.id), low, high)))
@@ -344,9 +352,11 @@ async def _copy(database: Database, checkpoint: Checkpoint) -> None:
         # The planner's statistics have not seen this checkpoint's id: it took the copy for one
         # row and joined it to the previous checkpoint's heads by scanning it once per head,
         # 151,000 x 151,000 (BENCHMARKS.md, step 20). Counted now, in this transaction, from a
-        # sample of 3,000 rows (statistics target 10), plenty for the size of one checkpoint's
-        # copy: from the default 30,000 it took 250-380 ms of a core, and checks queued behind
-        # it (step 31); the database's own analysis later goes back to the default.
+        # sample of 3,000 rows of the table (statistics target 10): plenty to tell one
+        # checkpoint's share of it, and the plans stay index lookups; from the default 30,000
+        # rows it took 250-380 ms of a core, and checks queued behind it (step 31). The
+        # statistics of this table stay those of the small sample: each checkpoint's analysis
+        # leaves autovacuum too few changes to analyse it again.
         await session.exec(select(func.set_config("default_statistics_target", "10", True)))
         await session.exec(text("ANALYZE checkpoint_head"))  # type: ignore[call-overload]
 
@@ -386,7 +396,7 @@ async def _finish(
             update(Checkpoint)
             .where(col(Checkpoint.id) == checkpoint.id, ~SIGNED)
             .values(
-                created_at=checkpoint.created_at,  # renewed while pending: back to its copy's
+                created_at=checkpoint.created_at,  # renewed while pending: its copy's instant
                 subject_count=checkpoint.subject_count,
                 event_count=checkpoint.event_count,
                 merkle_root=checkpoint.merkle_root,

@@ -62,8 +62,9 @@ class ConsentLedgerAPI(FastAPI):
 
     async def route_once(self) -> None:
         """Match one request against every route, answered 404, so that FastAPI builds its
-        routes now: it builds an included router's routes the first time a request is matched
-        against them, on the event loop, and the checks, served ahead of the router, never are.
+        routes' dependencies, parameters and models now: it builds an included router's the
+        first time a request is matched against them, on the event loop, and the checks,
+        served ahead of the router, never are.
         Left to the first request on any other route, that held a worker's loop for ~40 ms
         with every check in flight waiting (BENCHMARKS.md, step 30). Call it before the
         application's lasting objects are frozen (``app.main.steady_collector``)."""

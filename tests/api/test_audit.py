@@ -22,6 +22,7 @@ from sqlmodel import select
 from app.audit import checkpoints
 from app.audit.checkpoints import create_checkpoint
 from app.core.config import Settings
+from app.core.types import utcnow
 from app.main import create_app
 from app.models import Checkpoint
 from tests.factories import KEYS, OPTIONAL, OPTIONAL_2, all_events, auth, set_consent
@@ -675,6 +676,43 @@ async def test_a_checkpoint_stopped_while_being_written_leaves_nothing_behind(
     assert (await verification(client))["ok"] is True
 
 
+@pytest.mark.parametrize("stop", ["cancelled", "failed"])
+async def test_a_checkpoint_stopped_in_its_copy_leaves_nothing_behind(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    """Stopped between two ranges of its copy (on PostgreSQL; on SQLite, whose copy is one
+    statement, at its first rest after it): neither its pending row nor any head is left."""
+    monkeypatch.setattr(checkpoints, "HEADS_PER_STATEMENT", 1)
+    for subject in ("k-1", "k-2", "k-3"):
+        await set_consent(client, subject, *OPTIONAL, "given")
+    resting, release = asyncio.Event(), asyncio.Event()
+
+    async def first_rest_held(self: checkpoints.Pace) -> None:
+        if not resting.is_set():
+            resting.set()
+            await release.wait()
+            raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(checkpoints.Pace, "turn", first_rest_held)
+    database, key = app.state.database, app.state.checkpoint_key
+    stopped = asyncio.create_task(create_checkpoint(database, key))
+    await asyncio.wait_for(resting.wait(), 30)
+    assert await pending_rows(app) == 1
+    if stop == "cancelled":
+        stopped.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError if stop == "cancelled" else RuntimeError):
+        await stopped
+    assert await pending_rows(app) == 0
+    async with database.engine.connect() as connection:
+        left = await connection.execute(text("SELECT count(*) FROM checkpoint_head"))
+        assert left.scalar_one() == 0
+    monkeypatch.undo()
+    made = await client.post("/v1/audit/checkpoints", headers=OFFICER)
+    assert made.status_code == 201, made.text
+    assert made.json()["subject_count"] == 3
+
+
 async def test_a_checkpoint_that_fails_to_be_signed_leaves_nothing_behind(
     app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -744,6 +782,14 @@ async def test_a_checkpoint_renews_its_lease_while_it_is_written(
 ) -> None:
     await three_events(client, "h-5")
     monkeypatch.setattr(checkpoints, "PENDING_LEASE", timedelta(seconds=0.3))
+    copy, copying = checkpoints._copy, []
+
+    async def timed(database: Any, checkpoint: Any) -> None:
+        copying.append(utcnow())
+        await copy(database, checkpoint)
+        copying.append(utcnow())
+
+    monkeypatch.setattr(checkpoints, "_copy", timed)
     hashing, release = paused_hashing(monkeypatch)
     writing = asyncio.create_task(client.post("/v1/audit/checkpoints", headers=OFFICER))
     await asyncio.wait_for(hashing.wait(), 30)
@@ -762,17 +808,20 @@ async def test_a_checkpoint_renews_its_lease_while_it_is_written(
         await asyncio.sleep(0.05)
         if await created_at(signed=False) != begun:
             break
-    assert await created_at(signed=False) > begun  # renewed
+    renewed = await created_at(signed=False)
+    assert renewed > begun
+    assert renewed > copying[1]
     release.set()
     made = await writing
     assert made.status_code == 201, made.text
     # Signed with the instant its heads were copied, not the last renewal; and a renewal that
     # comes after the signing leaves it so.
-    assert await created_at(signed=True) == begun
+    signed_at = await created_at(signed=True)
+    assert copying[0] <= signed_at <= copying[1]
     late = asyncio.create_task(checkpoints._renew(app.state.database, uuid.UUID(made.json()["id"])))
     await asyncio.sleep(0.4)
     late.cancel()
-    assert await created_at(signed=True) == begun
+    assert await created_at(signed=True) == signed_at
     assert (await verification(client))["ok"] is True
 
 
