@@ -334,17 +334,19 @@ async def _copy(database: Database, checkpoint: Checkpoint) -> None:
             ).where(col(Subject.last_seq) > 0, *ranged),
         )
 
-    if database.dialect != "postgresql":
-        async with database.write_sessions() as session, session.begin():
-            await session.connection()
-            checkpoint.created_at = utcnow()
-            await session.exec(copied())
-        return
-    snapshot = database.engine.execution_options(isolation_level="REPEATABLE READ")
-    pace = Pace()
-    async with database.write_sessions(bind=snapshot) as session, session.begin():
+    postgresql = database.dialect == "postgresql"
+    snapshot = (
+        {"bind": database.engine.execution_options(isolation_level="REPEATABLE READ")}
+        if postgresql
+        else {}
+    )
+    async with database.write_sessions(**snapshot) as session, session.begin():
         await session.connection()
         checkpoint.created_at = utcnow()
+        if not postgresql:
+            await session.exec(copied())
+            return
+        pace = Pace()
         await _in_background(session)
         async for low, high in _ranges(session, col(Subject.id)):
             await session.exec(copied(*_within(col(Subject.id), low, high)))

@@ -548,6 +548,24 @@ async def test_checkpoints_taken_during_writes_count_what_their_heads_hold(
         assert checkpoint["event_count"] == sum(h["seq"] for h in heads)
 
 
+def held_first_rest(
+    monkeypatch: pytest.MonkeyPatch, then: Exception | None = None
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """A checkpoint's first rest (``Pace.turn``) is held until ``release`` is set, and then
+    raises ``then`` if given; ``resting`` is set once it is held. Later rests take no time."""
+    resting, release = asyncio.Event(), asyncio.Event()
+
+    async def first_rest_held(self: checkpoints.Pace) -> None:
+        if not resting.is_set():
+            resting.set()
+            await release.wait()
+            if then is not None:
+                raise then
+
+    monkeypatch.setattr(checkpoints.Pace, "turn", first_rest_held)
+    return resting, release
+
+
 @pytest.mark.parametrize("per_statement", [1, checkpoints.HEADS_PER_STATEMENT])
 async def test_a_checkpoints_heads_are_of_one_instant_while_it_rests(
     client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch, per_statement: int
@@ -558,14 +576,7 @@ async def test_a_checkpoints_heads_are_of_one_instant_while_it_rests(
     monkeypatch.setattr(checkpoints, "HEADS_PER_STATEMENT", per_statement)
     for subject in ("i-1", "i-2", "i-3"):
         await set_consent(client, subject, *OPTIONAL, "given")
-    resting, release = asyncio.Event(), asyncio.Event()
-
-    async def first_rest_held(self: checkpoints.Pace) -> None:
-        if not resting.is_set():
-            resting.set()
-            await release.wait()
-
-    monkeypatch.setattr(checkpoints.Pace, "turn", first_rest_held)
+    resting, release = held_first_rest(monkeypatch)
     writing = asyncio.create_task(client.post("/v1/audit/checkpoints", headers=OFFICER))
     await asyncio.wait_for(resting.wait(), 30)
     for subject in ("i-1", "i-3"):
@@ -685,15 +696,7 @@ async def test_a_checkpoint_stopped_in_its_copy_leaves_nothing_behind(
     monkeypatch.setattr(checkpoints, "HEADS_PER_STATEMENT", 1)
     for subject in ("k-1", "k-2", "k-3"):
         await set_consent(client, subject, *OPTIONAL, "given")
-    resting, release = asyncio.Event(), asyncio.Event()
-
-    async def first_rest_held(self: checkpoints.Pace) -> None:
-        if not resting.is_set():
-            resting.set()
-            await release.wait()
-            raise RuntimeError("the database went away")
-
-    monkeypatch.setattr(checkpoints.Pace, "turn", first_rest_held)
+    resting, release = held_first_rest(monkeypatch, then=RuntimeError("the database went away"))
     database, key = app.state.database, app.state.checkpoint_key
     stopped = asyncio.create_task(create_checkpoint(database, key))
     await asyncio.wait_for(resting.wait(), 30)
