@@ -83,11 +83,13 @@ SELECT
      FROM consent c
     WHERE c.subject_id = ?2 AND {ranged}c.target_key {targets}
       AND {ranged}c.purpose_key {purposes}),
-  (SELECT json_group_array(json_array(o.target_key, o.state, o.last_denied_at))
-     FROM permission_observation o
-    WHERE o.subject_id = ?2 AND o.device_id = ?3 AND o.target_key {targets}),
+  {observations},
   (SELECT count(*) FROM policy_version)
 """
+_SQLITE_OBSERVATIONS = """(
+  SELECT json_group_array(json_array(o.target_key, o.state, o.last_denied_at))
+    FROM permission_observation o
+   WHERE o.subject_id = ?2 AND o.device_id = ?3 AND o.target_key {targets})"""
 
 
 # Above this many (target, purpose) probes of the consent table's key, a batch reads the subject's
@@ -96,7 +98,7 @@ RANGE_ABOVE = 24
 
 
 @functools.lru_cache(maxsize=256)
-def sqlite_lookup(targets: int, purposes: int) -> str:
+def sqlite_lookup(targets: int, purposes: int, device: bool = True) -> str:
     """The lookup for that many targets and purposes, bound as plain values after the key's
     hash, the subject and the device (?1, ?2, ?3): a pair as ``= ?4``, not as JSON arrays read
     through ``json_each``, which cost a single check twice the statement's time (BENCHMARKS.md).
@@ -106,7 +108,10 @@ def sqlite_lookup(targets: int, purposes: int) -> str:
     with every purpose the lists hold: 72 probes for a batch of 20 pairs over 12 targets and 6
     purposes. Beyond RANGE_ABOVE probes, a unary ``+`` keeps it from probing by target and
     purpose: it reads the subject's consents as one range of that key and filters them by the
-    lists, which costs less even for a subject with a consent to every pair of the catalogue."""
+    lists, which costs less even for a subject with a consent to every pair of the catalogue.
+
+    Without a ``device``, no OS state is read: the statement has no subquery of the
+    observations (its column is NULL), which probed their key once for every target (step 32)."""
 
     def values(first: int, count: int) -> str:
         if count == 1:
@@ -114,8 +119,13 @@ def sqlite_lookup(targets: int, purposes: int) -> str:
         return "IN (" + ", ".join(f"?{first + i}" for i in range(count)) + ")"
 
     ranged = "+" if targets * purposes > RANGE_ABOVE else ""
+    in_targets = values(4, targets)
+    observations = _SQLITE_OBSERVATIONS.format(targets=in_targets) if device else "NULL"
     return _SQLITE_LOOKUP.format(
-        ranged=ranged, targets=values(4, targets), purposes=values(4 + targets, purposes)
+        ranged=ranged,
+        targets=in_targets,
+        purposes=values(4 + targets, purposes),
+        observations=observations,
     )
 
 
@@ -367,7 +377,7 @@ class HotPath:
                 raise self.failure(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
-            statement = sqlite_lookup(len(targets), len(purposes))
+            statement = sqlite_lookup(len(targets), len(purposes), device_id is not None)
             parameters = (key_hash, subject_id, device_id, *targets, *purposes)
             try:
                 raw = self._read_directly(statement, parameters)
@@ -380,7 +390,8 @@ class HotPath:
                 raise self.failure(exc) from None
             key = json.loads(raw[0]) if raw[0] else None
             subject = json.loads(raw[1]) if raw[1] else None
-            consents, observations = json.loads(raw[2]), json.loads(raw[3])
+            consents = json.loads(raw[2])
+            observations = json.loads(raw[3]) if raw[3] is not None else []
             policy_count = raw[4]
         wanted = set(pairs)
         return Lookup(

@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 from urllib.parse import parse_qsl
 
-from fastapi import Path, Request
+from fastapi import HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import (
     AfterValidator,
@@ -102,13 +102,32 @@ class Parsed(Generic[M]):
         return self.value
 
 
+# What FastAPI answers when a body cannot be read (the client went away before its end).
+UNREADABLE_BODY = "There was an error parsing the body"
+
+
+async def received(request: Request) -> bytes:
+    """The request's body, from its ASGI messages, as Starlette's ``Request.body`` reads it but
+    without the asynchronous generator that took three times as long (BENCHMARKS.md, step 32).
+    A client gone before the end of its body gets FastAPI's 400, not a 500. Read once: it is
+    not kept on the request, so only a route that reads its body here alone may use it."""
+    chunks = []
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":  # http.disconnect
+            raise HTTPException(status_code=400, detail=UNREADABLE_BODY)
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 async def read_body(request: Request, model: type[M]) -> Parsed[M]:
     """The JSON body as ``model``, for a route that reads it itself, as FastAPI would: a body
     that is not JSON is a 400 at once (before the credential is looked at; see the handler of
     RequestValidationError); anything else wrong with it is a 422 whose ``loc`` starts with
     ``body``, raised by ``Parsed.get`` (after the credential). No body, or a content type other
     than JSON, is such a 422."""
-    body = await request.body()
+    body = await received(request)
     if not body:
         missing = {"type": "missing", "loc": ("body",), "msg": "Field required", "input": None}
         return Parsed(None, RequestValidationError([missing]))

@@ -159,6 +159,47 @@ async def test_a_wide_batch_decides_as_the_orm_path(
     ]
 
 
+async def test_a_check_naming_no_device_reads_no_os_state(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str, backend: str
+) -> None:
+    """On SQLite a check that names no device has no subquery of the OS observations in its
+    statement (it probed their key once for every target, for nothing); one that names a
+    device reads them."""
+    if backend != "sqlite":
+        pytest.skip("SQLite's statement")
+    await set_consent(client, subject_id, *CAMERA, "given")
+    await check(client, subject_id, *OPTIONAL)  # the hot path's connections are open
+    read: set[str] = set()
+
+    def authorizer(action: int, table: str | None, *_: object) -> int:
+        if action == sqlite3.SQLITE_READ and table:
+            read.add(table)
+        return sqlite3.SQLITE_OK
+
+    direct: sqlite3.Connection = app.state.hot_path._direct
+    direct.set_authorizer(authorizer)  # statements are prepared again, through it
+    try:
+        items = [{"target": t, "purpose": p} for t, p in PAIRS]
+        for device in ({}, {"device_id": "phone-1"}):
+            read.clear()
+            one = await client.get(
+                "/v1/checks",
+                params={"subject_id": subject_id, "target": CAMERA[0], "purpose": CAMERA[1]}
+                | device,
+            )
+            assert one.status_code == 200, one.text
+            batch = await client.post(
+                "/v1/checks", json={"subject_id": subject_id, "items": items} | device
+            )
+            assert batch.status_code == 200, batch.text
+            assert "consent" in read
+            assert ("permission_observation" in read) is bool(device)
+            reasons = [one.json()["decisions"][0]["reason"], batch.json()["decisions"][3]["reason"]]
+            assert reasons == ["os_denied" if device else "consent_given"] * 2
+    finally:
+        direct.set_authorizer(None)
+
+
 async def test_a_new_material_policy_is_seen_by_the_very_next_check(
     client: httpx.AsyncClient, subject_id: str
 ) -> None:

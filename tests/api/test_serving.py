@@ -3,6 +3,7 @@ it would: the same documented routes, the router's 405 for other methods, the se
 a root path; as served and as FastAPI alone would serve the same endpoints (conftest)."""
 
 import gc
+import json
 import logging
 from collections.abc import AsyncIterator
 
@@ -145,6 +146,82 @@ async def test_a_root_path_is_served(app: FastAPI, subject_id: str) -> None:
         assert response.status_code == 422
         assert response.json()["instance"] == "/consent/v1/checks"
     assert len(seen) == (0 if app.hot_routes else 3)
+
+
+def _in_parts(body: bytes) -> AsyncIterator[bytes]:
+    async def parts() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7):
+            yield body[start : start + 7]
+
+    return parts()
+
+
+@pytest.mark.usefixtures("served")
+async def test_a_body_in_many_parts_is_read_whole(
+    client: httpx.AsyncClient, subject_id: str
+) -> None:
+    """A body may come in many ASGI messages (a slow client, a chunked upload): the consent
+    change and the batch check read all of them."""
+    change = json.dumps({"state": "given"}).encode()
+    response = await client.put(
+        f"/v1/subjects/{subject_id}/consents/{OPTIONAL[0]}/{OPTIONAL[1]}",
+        content=_in_parts(change),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    items = [{"target": OPTIONAL[0], "purpose": OPTIONAL[1]}]
+    batch = json.dumps({"subject_id": subject_id, "items": items}).encode()
+    response = await client.post(
+        "/v1/checks", content=_in_parts(batch), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 200, response.text
+    assert [d["reason"] for d in response.json()["decisions"]] == ["consent_given"]
+
+
+async def _cut_off(app: FastAPI, method: str, path: str, body: bytes) -> list[dict[str, object]]:
+    """What the application sends a client that goes away after a part of its body."""
+    messages: list[dict[str, object]] = [
+        {"type": "http.request", "body": body[:5], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    headers = {"host": "testserver", "content-type": "application/json", **auth(KEYS["app"])}
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+    await app(scope, receive, send)  # type: ignore[arg-type]
+    return sent
+
+
+@pytest.mark.usefixtures("served")
+async def test_a_client_gone_before_its_body_ends_gets_a_400_and_changes_nothing(
+    app: FastAPI, client: httpx.AsyncClient, subject_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As FastAPI answers it: a 400, not a logged 500 (the server drops it, the client being
+    gone), and nothing written."""
+    change = f"/v1/subjects/{subject_id}/consents/{OPTIONAL[0]}/{OPTIONAL[1]}"
+    for method, path, body in [
+        ("PUT", change, json.dumps({"state": "given"}).encode()),
+        ("POST", "/v1/checks", json.dumps({"subject_id": subject_id, "items": []}).encode()),
+    ]:
+        with caplog.at_level(logging.ERROR):
+            sent = await _cut_off(app, method, path, body)
+        assert sent[0]["status"] == 400, sent
+        problem = json.loads(sent[1]["body"])  # type: ignore[arg-type]
+        assert problem["detail"] == "There was an error parsing the body"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    unknown = await client.get(f"/v1/subjects/{subject_id}/consents")  # nothing was recorded
+    assert unknown.status_code == 404, unknown.text
 
 
 def client_under(
