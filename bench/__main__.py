@@ -286,7 +286,7 @@ def openloop(
     return result
 
 
-TURNS = 3  # read-only and mixed runs of the latency step, in turns; the median of each counts
+TURNS = 3  # runs of each kind in the throughput and latency steps, in turns; the median counts
 
 REUSE = False  # --reuse: keep a PostgreSQL database that already holds the data asked for
 
@@ -362,36 +362,43 @@ def batch_pairs() -> list[tuple[str, str]]:
 
 
 def throughput(backend: str, url: str, key: str, plan: Plan, results: Results) -> None:
-    pairs = batch_pairs()
+    """wrk on the reference app's ``/bare`` and ``/pk`` and the service's single and batch
+    checks, both servers up at once, in TURNS turns of runs half the usual length (the order
+    reversed every other turn), so that the machine's drift falls on all four alike; of each,
+    the run with the median requests/s counts, and every run's is kept (one run of each, ten
+    seconds apart, moved the batch's ratio by a tenth on a noisy machine: BENCHMARKS.md)."""
+    seconds = max(2, round(plan.seconds / 2))
+    measures = [
+        ("bare", "reference", "/bare", None),
+        ("pk", "reference", "/pk", lua_random(PK, plan.subjects)),
+        ("check", "service", "/", lua_random(CHECK, plan.subjects)),
+        ("batch20", "service", "/", lua_batch(plan.subjects, batch_pairs())),
+    ]
     for workers in (1, 2):
         env = server_env(url)
-        with serving("bench.reference:app", env, workers, "/bare") as ref:
-            bare = wrk(ref, "/bare", None, plan.seconds, plan.connections)
-            pk = wrk(
-                ref,
-                "/pk",
-                None,
-                plan.seconds,
-                plan.connections,
-                lua_random(PK, plan.subjects),
-            )
-        with serving("app.main:create_app", env, workers, "/healthz") as app:
-            single = wrk(
-                app, "/", key, plan.seconds, plan.connections, lua_random(CHECK, plan.subjects)
-            )
-            batch = wrk(
-                app, "/", key, plan.seconds, plan.connections, lua_batch(plan.subjects, pairs)
-            )
-        results.rows[f"throughput, {workers} worker(s)"] = {
-            "bare": bare,
-            "pk": pk,
-            "check": single,
-            "batch20": batch,
-            "check/bare": round(single["rps"] / bare["rps"], 3),
-            "pk/bare": round(pk["rps"] / bare["rps"], 3),
-            "batch20 cost/check": round(single["rps"] / batch["rps"], 2),
+        runs: dict[str, list[dict[str, float]]] = {kind: [] for kind, *_ in measures}
+        with (
+            serving("bench.reference:app", env, workers, "/bare") as ref,
+            serving("app.main:create_app", env, workers, "/healthz") as app,
+        ):
+            servers = {"reference": ref, "service": app}
+            for n in range(TURNS):
+                for kind, name, path, script in measures[:: -1 if n % 2 else 1]:
+                    credential = key if name == "service" else None
+                    done = wrk(servers[name], path, credential, seconds, plan.connections, script)
+                    runs[kind].append(done)
+        median = {
+            kind: sorted(kind_runs, key=lambda run: run["rps"])[TURNS // 2]
+            for kind, kind_runs in runs.items()
         }
         label = f"throughput, {workers} worker(s)"
+        results.rows[label] = {
+            **median,
+            "check/bare": round(median["check"]["rps"] / median["bare"]["rps"], 3),
+            "pk/bare": round(median["pk"]["rps"] / median["bare"]["rps"], 3),
+            "batch20 cost/check": round(median["check"]["rps"] / median["batch20"]["rps"], 2),
+            "rps of each run": {kind: [run["rps"] for run in r] for kind, r in runs.items()},
+        }
         print(f"  {label}: {json.dumps(results.rows[label])}", flush=True)
 
 
@@ -604,6 +611,16 @@ def machine() -> str:
     )
 
 
+def _each_turn(t: dict[str, Any], numerator: str, denominator: str, digits: int) -> str:
+    """Each turn's ratio of two throughputs, where the runs were made in turns (since
+    2026-11-27's eleventh session)."""
+    each = t.get("rps of each run")
+    if not isinstance(each, dict):
+        return ""
+    ratios = zip(each[numerator], each[denominator], strict=True)
+    return f"; each turn's {' / '.join(f'{a / b:.{digits}f}' for a, b in ratios)}"
+
+
 def render(machine_line: str, command: str, results: list[dict[str, object]]) -> str:
     """The results as the markdown table BENCHMARKS.md shows."""
     lines = [
@@ -637,13 +654,13 @@ def render(machine_line: str, command: str, results: list[dict[str, object]]) ->
             row(
                 b,
                 f"{workers} worker(s): check ÷ bare (pk ÷ bare)",
-                f"{t['check/bare']} ({t['pk/bare']})",
+                f"{t['check/bare']} ({t['pk/bare']}){_each_turn(t, 'check', 'bare', 3)}",
                 goal if workers == 1 else "",
             )
             row(
                 b,
                 f"{workers} worker(s): batch-of-20 cost ÷ single check",
-                f"{t['batch20 cost/check']}",
+                f"{t['batch20 cost/check']}{_each_turn(t, 'check', 'batch20', 2)}",
                 "≤ 1.5",
             )
         lat = res.get("latency at half the maximum")
