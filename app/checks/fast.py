@@ -98,11 +98,12 @@ RANGE_ABOVE = 24
 
 
 @functools.lru_cache(maxsize=256)
-def sqlite_lookup(targets: int, purposes: int, device: bool = True) -> str:
+def sqlite_lookup(targets: int, purposes: int, *, device: bool) -> str:
     """The lookup for that many targets and purposes, bound as plain values after the key's
     hash, the subject and the device (?1, ?2, ?3): a pair as ``= ?4``, not as JSON arrays read
     through ``json_each``, which cost a single check twice the statement's time (BENCHMARKS.md).
-    Each shape is one text, kept prepared in each connection's cache (sqlite3's, 128 texts).
+    Each shape (its counts, with a device or without) is one text, kept prepared in each
+    connection's cache (sqlite3's, 128 texts: the shapes the app's checks use, typically a few).
 
     SQLite probes the consents' primary key (subject, target, purpose) once for every target
     with every purpose the lists hold: 72 probes for a batch of 20 pairs over 12 targets and 6
@@ -377,7 +378,7 @@ class HotPath:
                 raise self.failure(exc) from None
             key, subject, consents, observations, policy_count = row
         else:
-            statement = sqlite_lookup(len(targets), len(purposes), device_id is not None)
+            statement = sqlite_lookup(len(targets), len(purposes), device=device_id is not None)
             parameters = (key_hash, subject_id, device_id, *targets, *purposes)
             try:
                 raw = self._read_directly(statement, parameters)

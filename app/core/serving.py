@@ -14,7 +14,8 @@ skipped had been a third of a check's time (BENCHMARKS.md, step 15):
 
 What the hot routes do not get, by design: middleware added to the application, FastAPI's
 OpenTelemetry instrumentation, its ``max_body_size`` (none is set), dependency overrides and
-router dependencies (the endpoints take no dependencies).
+router dependencies (the endpoints take no dependencies), and a body kept on the request: it is
+read once, by ``app.core.schemas.received``, and nothing after may read it again.
 """
 
 from typing import Any
