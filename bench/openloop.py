@@ -24,6 +24,10 @@ import time
 from bench.seed import subject_id
 
 POOL = 256  # connections at most; a request waits for one, and that wait is counted
+# The latencies' clock. Not the event loop's: uvloop's counts whole milliseconds, and only as of
+# the loop's latest turn, which put an error of up to a millisecond and more on every latency
+# (found on 2026-11-27, in an eleventh session: BENCHMARKS.md).
+clock = time.perf_counter
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -39,7 +43,6 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    loop = asyncio.get_running_loop()
     idle: asyncio.Queue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = asyncio.Queue()
     opened = 0
     latencies: dict[str, list[float]] = {"read": [], "write": []}
@@ -78,7 +81,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         # The generator's own lateness: how long after its due time its task began (a wait
         # for a free connection, which a stalled server causes, is not counted here).
         second = int(due - start)  # of the run, by when the request was due
-        lag[second] = max(lag.get(second, 0.0), loop.time() - due)
+        lag[second] = max(lag.get(second, 0.0), clock() - due)
         kind, payload = request(i)
         reader, writer = await connection()
         try:
@@ -96,25 +99,25 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             nonlocal opened
             opened -= 1
             return
-        latencies[kind].append(loop.time() - due)
+        latencies[kind].append(clock() - due)
         if args.timeline:
-            slowest[second] = max(slowest.get(second, 0.0), loop.time() - due)
+            slowest[second] = max(slowest.get(second, 0.0), clock() - due)
         if not status.startswith("2"):
             errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
         idle.put_nowait((reader, writer))
 
     total = int(args.rate * args.seconds)
     tasks = set()
-    start = loop.time() + 0.2
+    start = clock() + 0.2
     for i in range(total):
         due = start + i / args.rate
-        delay = due - loop.time()
+        delay = due - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         task = asyncio.create_task(one(i, due))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-    sent_in = loop.time() - start
+    sent_in = clock() - start
     await asyncio.gather(*tasks)
     return {
         "rate": args.rate,
