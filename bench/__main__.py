@@ -26,7 +26,7 @@ import threading
 import time
 import timeit
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -557,10 +557,11 @@ def into_page_cache(url: str) -> None:
 
 def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results) -> None:
     """Check latency at one rate on a database of ``plan.subjects`` and one of
-    ``plan.big_subjects``, both servers up at once, TURNS open-loop runs of each in turns (the
-    order reversed every other turn); of each, the run with the median p99 counts, and every
-    run's p99 is kept (one run of each gave a p99 ratio of 1.31 with a p50 ratio of 1.03 on a
-    noisy machine: BENCHMARKS.md)."""
+    ``plan.big_subjects``: TURNS open-loop runs of each in turns (the order reversed every other
+    turn), each on a server of its own, started for it and warmed up; of each, the run with the
+    median p99 counts, and every run's p99 is kept (one run of each gave a p99 ratio of 1.31
+    with a p50 ratio of 1.03 on a noisy machine: BENCHMARKS.md). One server at a time: with both
+    up, the idle one's background jobs ran beside the measured one's."""
     url_small, key_small = prepared(
         backend, workdir, "tiny", plan.subjects, plan.events_per_subject
     )
@@ -573,23 +574,15 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         for url, _, _ in sizes.values():
             into_page_cache(url)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in sizes}
-    with ExitStack() as stack:
-        apps = {
-            label: stack.enter_context(
-                serving("app.main:create_app", server_env(url), 1, "/healthz")
-            )
-            for label, (url, _, _) in sizes.items()
-        }
-        # Warm up first (connections opened, caches of the database and the process filled),
-        # as the latency step's server is by the throughput runs before it.
-        for label, (_, key, subjects) in sizes.items():
-            wrk(apps[label], "/", key, 3, plan.connections, lua_random(CHECK, subjects))
-        order = list(sizes)
-        for n in range(TURNS):
-            for label in order[:: -1 if n % 2 else 1]:
-                _, key, subjects = sizes[label]
-                made = openloop(apps[label], key, rate, plan.seconds * 2, subjects)
-                runs[label].append(made["read"])  # type: ignore[arg-type]
+    for n in range(TURNS):
+        for label in list(sizes)[:: -1 if n % 2 else 1]:
+            url, key, subjects = sizes[label]
+            with serving("app.main:create_app", server_env(url), 1, "/healthz") as app:
+                # Warmed up first (connections opened, caches of the database and the process
+                # filled), as the latency step's server is by the throughput runs before it.
+                wrk(app, "/", key, 3, plan.connections, lua_random(CHECK, subjects))
+                made = openloop(app, key, rate, plan.seconds * 2, subjects)
+            runs[label].append(made["read"])  # type: ignore[arg-type]
     small, big = (
         sorted(runs[label], key=lambda run: float(run["p99"]))[TURNS // 2] for label in sizes
     )
