@@ -25,7 +25,7 @@ import textwrap
 import threading
 import time
 import timeit
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -286,7 +286,13 @@ def openloop(
     return result
 
 
-TURNS = 3  # runs of each kind in the throughput and latency steps, in turns; the median counts
+TURNS = 3  # runs of each kind in the throughput, latency and scale steps, in turns
+
+
+def median_run(runs: list[Any], measure: Callable[[Any], float]) -> Any:
+    """Of TURNS runs of one kind, the one whose ``measure`` is the median: the run that counts."""
+    return sorted(runs, key=measure)[TURNS // 2]
+
 
 REUSE = False  # --reuse: keep a PostgreSQL database that already holds the data asked for
 
@@ -388,8 +394,7 @@ def throughput(backend: str, url: str, key: str, plan: Plan, results: Results) -
                     done = wrk(servers[name], path, credential, seconds, plan.connections, script)
                     runs[kind].append(done)
         median = {
-            kind: sorted(kind_runs, key=lambda run: run["rps"])[TURNS // 2]
-            for kind, kind_runs in runs.items()
+            kind: median_run(kind_runs, lambda run: run["rps"]) for kind, kind_runs in runs.items()
         }
         label = f"throughput, {workers} worker(s)"
         results.rows[label] = {
@@ -451,7 +456,7 @@ def latency_and_writes(backend: str, url: str, key: str, plan: Plan, results: Re
             """Of each kind, the run with the median check p99, and every run's p99."""
             return {
                 **{
-                    kind: sorted(runs[kind], key=lambda run: float(run["read"]["p99"]))[TURNS // 2]
+                    kind: median_run(runs[kind], lambda run: float(run["read"]["p99"]))
                     for kind in kinds
                 },
                 "p99 of each run": {
@@ -583,9 +588,7 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
                 wrk(app, "/", key, 3, plan.connections, lua_random(CHECK, subjects))
                 made = openloop(app, key, rate, plan.seconds * 2, subjects)
             runs[label].append(made["read"])  # type: ignore[arg-type]
-    small, big = (
-        sorted(runs[label], key=lambda run: float(run["p99"]))[TURNS // 2] for label in sizes
-    )
+    small, big = (median_run(runs[label], lambda run: float(run["p99"])) for label in sizes)
     results.rows["scale"] = {
         "subjects": [plan.subjects, plan.big_subjects],
         "rate": rate,

@@ -148,12 +148,9 @@ async def test_a_root_path_is_served(app: FastAPI, subject_id: str) -> None:
     assert len(seen) == (0 if app.hot_routes else 3)
 
 
-def _in_parts(body: bytes) -> AsyncIterator[bytes]:
-    async def parts() -> AsyncIterator[bytes]:
-        for start in range(0, len(body), 7):
-            yield body[start : start + 7]
-
-    return parts()
+async def _in_parts(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), 7):
+        yield body[start : start + 7]
 
 
 @pytest.mark.usefixtures("served")
