@@ -549,15 +549,44 @@ def stale_allows(url: str, key: str, rounds: int, results: Results) -> None:
     print(f"  race: {results.rows['withdraw-then-check race, 2 workers']}", flush=True)
 
 
-def into_page_cache(url: str) -> None:
-    """SQLite: read the database file through once, so that it starts in the OS page cache, as a
-    server's file does once it has run a while (PostgreSQL's tables are read by ``prepared``'s
-    VACUUM ANALYZE). Seeding 10M events left 2.5 GB of the 6.4 GB file in the cache on a machine
-    with 17 GB free, and a page read from disk is read on the event loop's thread, where every
-    request waits for it: the comparison measured the disk, not the lookups (BENCHMARKS.md)."""
-    with open(url.split(":///", 1)[1], "rb") as file:
-        while file.read(1 << 24):
-            pass
+def into_memory(backend: str, url: str) -> None:
+    """Read the database into the OS page cache, as a server's database is once it has run a
+    while: SQLite's file read through once; PostgreSQL's tables and indexes with ``pg_prewarm``
+    (left out, with a note, where the extension is not installed).
+
+    Made before every run of the scale step, not once: these machines are virtual machines whose
+    kernel pages out memory left untouched for a minute (DAMON's proactive reclaim), the page
+    cache included, and the checks' random reads over a large database do not touch a page often
+    enough to keep it. A run that started with a third of the file paged out read 260-500 MB
+    back from disk, on the event loop's thread where every request waits for it, and measured
+    the disk: p50 440-710 ms (BENCHMARKS.md, "The machine's memory reclaim")."""
+    if backend == "sqlite":
+        with open(url.split(":///", 1)[1], "rb") as file:
+            while file.read(1 << 24):
+                pass
+        return
+    warm = (
+        "CREATE EXTENSION IF NOT EXISTS pg_prewarm",
+        "SELECT sum(pg_prewarm(c.oid::regclass, 'read')) FROM pg_class c "
+        "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i', 't')",
+    )
+    command = ["psql", url.replace("postgresql+asyncpg://", "postgresql://"), "-qtA"]
+    done = subprocess.run(
+        [*command, *(arg for sql in warm for arg in ("-c", sql))], capture_output=True, text=True
+    )
+    if done.returncode:
+        print(f"  pg_prewarm unavailable, the database not read in: {done.stderr.strip()}")
+
+
+def disk_reads() -> int:
+    """Bytes read from disk so far on this machine (/proc/vmstat's pgpgin, in KiB; 0 where there
+    is none): what a run read counts every process, PostgreSQL's too."""
+    try:
+        vmstat = Path("/proc/vmstat").read_text()
+    except OSError:
+        return 0
+    found = (line.split() for line in vmstat.splitlines())
+    return next((int(value) * 1024 for name, value in found if name == "pgpgin"), 0)
 
 
 def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results) -> None:
@@ -566,7 +595,9 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
     turn), each on a server of its own, started for it and warmed up; of each, the run with the
     median p99 counts, and every run's p99 is kept (one run of each gave a p99 ratio of 1.31
     with a p50 ratio of 1.03 on a noisy machine: BENCHMARKS.md). One server at a time: with both
-    up, the idle one's background jobs ran beside the measured one's."""
+    up, the idle one's background jobs ran beside the measured one's. Before each run its
+    database is read into memory again (``into_memory``), and what the run read from disk is
+    kept beside its latencies."""
     url_small, key_small = prepared(
         backend, workdir, "tiny", plan.subjects, plan.events_per_subject
     )
@@ -575,19 +606,20 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "small": (url_small, key_small, plan.subjects),
         "big": (url_big, key_big, plan.big_subjects),
     }
-    if backend == "sqlite":
-        for url, _, _ in sizes.values():
-            into_page_cache(url)
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in sizes}
     for n in range(TURNS):
         for label in list(sizes)[:: -1 if n % 2 else 1]:
             url, key, subjects = sizes[label]
+            into_memory(backend, url)
             with serving("app.main:create_app", server_env(url), 1, "/healthz") as app:
                 # Warmed up first (connections opened, caches of the database and the process
                 # filled), as the latency step's server is by the throughput runs before it.
                 wrk(app, "/", key, 3, plan.connections, lua_random(CHECK, subjects))
+                before = disk_reads()
                 made = openloop(app, key, rate, plan.seconds * 2, subjects)
-            runs[label].append(made["read"])  # type: ignore[arg-type]
+                read: dict[str, Any] = made["read"]  # type: ignore[assignment]
+                read["disk_mb"] = round((disk_reads() - before) / 1e6, 1)
+            runs[label].append(read)
     small, big = (median_run(runs[label], lambda run: float(run["p99"])) for label in sizes)
     results.rows["scale"] = {
         "subjects": [plan.subjects, plan.big_subjects],
@@ -597,6 +629,7 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "p50 big/small": round(big["p50"] / small["p50"], 2),
         "p99 big/small": round(big["p99"] / small["p99"], 2),
         "p99 of each run": {label: [run["p99"] for run in r] for label, r in runs.items()},
+        "disk MB of each run": {label: [run["disk_mb"] for run in r] for label, r in runs.items()},
     }
     print(f"  scale: {json.dumps(results.rows['scale'])}", flush=True)
 
@@ -645,7 +678,11 @@ def _each_p99(s: dict[str, Any]) -> str:
     if not isinstance(each, dict):
         return ""
     small, big = (" / ".join(map(str, each[label])) for label in ("small", "big"))
-    return f" (each run's p99 ms: small {small}, big {big})"
+    disk = s.get("disk MB of each run")
+    if not isinstance(disk, dict):
+        return f" (each run's p99 ms: small {small}, big {big})"
+    read = " / ".join(map(str, disk["big"]))
+    return f" (each run's p99 ms: small {small}, big {big}; read from disk, big: {read} MB)"
 
 
 def render(machine_line: str, command: str, results: list[dict[str, object]]) -> str:
