@@ -34,7 +34,7 @@ from typing import IO, Any
 import httpx
 
 from app.catalogue.loader import load_catalogue
-from bench.seed import checkpoint, seed
+from bench.seed import checkpoint, libpq_url, seed, sqlite_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-" + os.urandom(24).hex()
@@ -562,7 +562,7 @@ def into_memory(backend: str, url: str) -> bool:
     out read 260-500 MB back from disk, on the event loop's thread where every request waits for
     it, with a p50 of up to 710 ms (BENCHMARKS.md, "The machine's memory reclaim")."""
     if backend == "sqlite":
-        with open(url.split(":///", 1)[1], "rb") as file:
+        with open(sqlite_path(url), "rb") as file:
             while file.read(1 << 24):
                 pass
         return True
@@ -571,7 +571,7 @@ def into_memory(backend: str, url: str) -> bool:
         "SELECT sum(pg_prewarm(c.oid::regclass, 'read')) FROM pg_class c "
         "WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i')",
     )
-    command = ["psql", url.replace("postgresql+asyncpg://", "postgresql://"), "-qtA"]
+    command = ["psql", libpq_url(url), "-qtA"]
     done = subprocess.run(
         [*command, "-v", "ON_ERROR_STOP=1", *(arg for sql in warm for arg in ("-c", sql))],
         capture_output=True,
@@ -611,10 +611,11 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "big": (url_big, key_big, plan.big_subjects),
     }
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in sizes}
+    read_in = []  # whether each run's database was read into memory first
     for n in range(TURNS):
         for label in list(sizes)[:: -1 if n % 2 else 1]:
             url, key, subjects = sizes[label]
-            in_memory = into_memory(backend, url)
+            read_in.append(into_memory(backend, url))
             with serving("app.main:create_app", server_env(url), 1, "/healthz") as app:
                 # Warmed up first (connections opened, caches of the database and the process
                 # filled), as the latency step's server is by the throughput runs before it.
@@ -623,7 +624,6 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
                 made = openloop(app, key, rate, plan.seconds * 2, subjects)
                 after = disk_reads()
             read: dict[str, Any] = made["read"]  # type: ignore[assignment]
-            read["read into memory first"] = in_memory
             if before is not None and after is not None:
                 read["disk_mb"] = round((after - before) / 1e6, 1)
             runs[label].append(read)
@@ -639,9 +639,7 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "disk MB of each run": {
             label: [run.get("disk_mb") for run in r] for label, r in runs.items()
         },
-        "read into memory first": all(
-            run["read into memory first"] for r in runs.values() for run in r
-        ),
+        "read into memory first": all(read_in),
     }
     print(f"  scale: {json.dumps(results.rows['scale'])}", flush=True)
 

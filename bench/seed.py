@@ -135,10 +135,20 @@ def remembered(subjects: int) -> list[list[Any]]:
     return records
 
 
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite+aiosqlite:///…`` URL, as the harness builds them."""
+    return url.split(":///", 1)[1]
+
+
+def libpq_url(url: str) -> str:
+    """A ``postgresql+asyncpg://`` URL as asyncpg and psql take it."""
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
 def seed(url: str, subjects: int, events_per_subject: int, batch: int = 20_000) -> None:
     asyncio.run(_catalogue(url))
     if url.startswith("sqlite"):
-        _seed_sqlite(url.split(":///", 1)[1], subjects, events_per_subject, batch)
+        _seed_sqlite(sqlite_path(url), subjects, events_per_subject, batch)
     else:
         asyncio.run(_seed_postgres(url, subjects, events_per_subject, batch))
 
@@ -224,7 +234,7 @@ def _seed_sqlite(path: str, subjects: int, events_per_subject: int, batch: int) 
 async def _seed_postgres(url: str, subjects: int, events_per_subject: int, batch: int) -> None:
     import asyncpg
 
-    connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    connection = await asyncpg.connect(libpq_url(url))
     chunks = _chunks(subjects, events_per_subject, batch)
     try:
         for tables in _tables(chunks, remembered(subjects)):
