@@ -259,6 +259,13 @@ def openloop(
     reference: bool = False,
 ) -> dict[str, object]:
     port = base.rsplit(":", 1)[1]
+    # A one-worker server's CPU over the run: the share of a core the fixed rate took. At a
+    # moderate rate each request is served on its own wake-up of the worker, which costs it
+    # more than under wrk's 64 connections (a 2026-11-27 thirteenth session's machine: the
+    # check 377 µs at 2,404/s against 256-331 µs under wrk, `/bare` 245 against 145-167), so
+    # "half the maximum" can be most of a core.
+    counted = base if isinstance(base, Server) and base.workers == 1 else None
+    cpu_before = counted.cpu_seconds() if counted is not None else 0.0
     output = run(
         [
             sys.executable,
@@ -283,6 +290,9 @@ def openloop(
         ]
     )
     result: dict[str, object] = json.loads(output)
+    wall = result["wall_s"]
+    if counted is not None and isinstance(wall, int | float):
+        result["worker_busy"] = round((counted.cpu_seconds() - cpu_before) / wall, 2)
     return result
 
 
@@ -624,6 +634,7 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
                 made = openloop(app, key, rate, plan.seconds * 2, subjects)
                 after = disk_reads()
             read: dict[str, Any] = made["read"]  # type: ignore[assignment]
+            read["worker_busy"] = made.get("worker_busy")
             if before is not None and after is not None:
                 read["disk_mb"] = round((after - before) / 1e6, 1)
             runs[label].append(read)
@@ -638,6 +649,9 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "p99 of each run": {label: [run["p99"] for run in r] for label, r in runs.items()},
         "disk MB of each run": {
             label: [run.get("disk_mb") for run in r] for label, r in runs.items()
+        },
+        "worker busy in each run": {
+            label: [run.get("worker_busy") for run in r] for label, r in runs.items()
         },
         "read into memory first": all(read_in),
     }
@@ -681,6 +695,15 @@ def _each_turn(t: dict[str, Any], numerator: str, denominator: str, digits: int)
     return f"; each turn's {' / '.join(f'{a / b:.{digits}f}' for a, b in ratios)}"
 
 
+def _busy(lat: dict[str, Any]) -> str:
+    """The share of a core the latency step's counted runs took of its worker (since
+    2026-11-27's thirteenth session)."""
+    busy = [lat[kind].get("worker_busy") for kind in ("read_only", "10% writes")]
+    if None in busy:
+        return ""
+    return f" (the worker's share of a core: read-only {busy[0]}, with writes {busy[1]})"
+
+
 def _each_p99(s: dict[str, Any]) -> str:
     """The scale step's p99 of each run, where its runs were made in turns (since 2026-11-27's
     eleventh session), and what each read from disk (since the twelfth)."""
@@ -693,6 +716,10 @@ def _each_p99(s: dict[str, Any]) -> str:
     if isinstance(disk, dict) and None not in disk["small"] + disk["big"]:
         small, big = (" / ".join(map(str, disk[label])) for label in ("small", "big"))
         shown += f"; MB read from disk: small {small}, big {big}"
+    busy = s.get("worker busy in each run")  # since 2026-11-27's thirteenth session
+    if isinstance(busy, dict) and None not in busy["small"] + busy["big"]:
+        small, big = (" / ".join(map(str, busy[label])) for label in ("small", "big"))
+        shown += f"; the worker's share of a core: small {small}, big {big}"
     if s.get("read into memory first") is False:
         shown += "; the databases NOT read into memory first"
     return shown + ")"
@@ -747,7 +774,7 @@ def render(machine_line: str, command: str, results: list[dict[str, object]]) ->
                 b,
                 f"check latency at {lat['rate']}/s (half of {lat['max_rps']:,.0f}), "
                 "p50 / p99 / p99.9 ms",
-                f"{r['p50']} / {r['p99']} / {r['p999']}",
+                f"{r['p50']} / {r['p99']} / {r['p999']}{_busy(lat)}",
                 "≤ 2 / 10 / 25",
             )
             m = lat["10% writes"]["read"]
