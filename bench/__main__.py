@@ -704,23 +704,23 @@ def _busy(run: dict[str, Any]) -> str:
 
 def _each_p99(s: dict[str, Any]) -> str:
     """The scale step's p99 of each run, where its runs were made in turns (since 2026-11-27's
-    eleventh session), and what each read from disk (since the twelfth)."""
-    each = s.get("p99 of each run")
-    if not isinstance(each, dict):
+    eleventh session), what each read from disk (since the twelfth) and the share of a core it
+    took of its worker (since the thirteenth); a figure is left out where a run lacks it."""
+    shown = []
+    for key, what in (
+        ("p99 of each run", "each run's p99 ms"),
+        ("disk MB of each run", "MB read from disk"),
+        ("worker busy in each run", "the worker's share of a core"),
+    ):
+        each = s.get(key)
+        if isinstance(each, dict) and None not in each["small"] + each["big"]:
+            small, big = (" / ".join(map(str, each[label])) for label in ("small", "big"))
+            shown.append(f"{what}: small {small}, big {big}")
+    if not shown or not shown[0].startswith("each run's p99"):
         return ""
-    small, big = (" / ".join(map(str, each[label])) for label in ("small", "big"))
-    shown = f" (each run's p99 ms: small {small}, big {big}"
-    disk = s.get("disk MB of each run")  # since 2026-11-27's twelfth session
-    if isinstance(disk, dict) and None not in disk["small"] + disk["big"]:
-        small, big = (" / ".join(map(str, disk[label])) for label in ("small", "big"))
-        shown += f"; MB read from disk: small {small}, big {big}"
-    busy = s.get("worker busy in each run")  # since 2026-11-27's thirteenth session
-    if isinstance(busy, dict) and None not in busy["small"] + busy["big"]:
-        small, big = (" / ".join(map(str, busy[label])) for label in ("small", "big"))
-        shown += f"; the worker's share of a core: small {small}, big {big}"
     if s.get("read into memory first") is False:
-        shown += "; the databases NOT read into memory first"
-    return shown + ")"
+        shown.append("the databases NOT read into memory first")
+    return f" ({'; '.join(shown)})"
 
 
 def render(machine_line: str, command: str, results: list[dict[str, object]]) -> str:
