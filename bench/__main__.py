@@ -12,6 +12,7 @@ results as BENCHMARKS.md's table and, with ``--json FILE``, write them raw. Need
 import argparse
 import json
 import math
+import mmap
 import os
 import platform
 import re
@@ -26,7 +27,7 @@ import threading
 import time
 import timeit
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -559,23 +560,73 @@ def stale_allows(url: str, key: str, rounds: int, results: Results) -> None:
     print(f"  race: {results.rows['withdraw-then-check race, 2 workers']}", flush=True)
 
 
-def into_memory(backend: str, url: str) -> bool:
-    """Read the database into the OS page cache: SQLite's file read through once; PostgreSQL's
-    tables and indexes with ``pg_prewarm`` (a contrib extension, made by a superuser). False,
-    with a note, where that failed. The scale step so measures the best case, a database the
-    machine keeps in memory, for both sizes alike.
+@contextmanager
+def mapped(paths: list[Path]) -> Iterator[None]:
+    """Each file read into the OS page cache and held there until the block ends: mapped into
+    this process, read-only, ``MAP_POPULATE`` reading it in (empty files are skipped).
 
-    Made before every run of the scale step, not once: the virtual machines these figures were
-    measured on page out memory left untouched for a minute (DAMON's proactive reclaim), the
-    page cache included, and the checks' random reads over a large database do not touch a page
-    often enough to keep it. Runs that started with over a quarter of the 1M-subject file paged
-    out read 260-500 MB back from disk, on the event loop's thread where every request waits for
-    it, with a p50 of up to 710 ms (BENCHMARKS.md, "The machine's memory reclaim")."""
+    Held, not only read: the virtual machines these figures were measured on page out memory
+    that looks unused (DAMON's proactive reclaim: a region seen accessed at most once in each
+    5-s aggregation for a minute), the page cache included, and a file read through once stays
+    in that band, so its pages were paged out again from ~20-30 s after the read (6.0 GiB of
+    the 1M-subject file in the cache, 5.2 GiB a minute later: BENCHMARKS.md, "The scale step's
+    disk reads"). Their reclaim scheme pages out only pages that no process maps (its filters:
+    not anonymous, unmapped), so a mapping holds them; a scheme without that filter, or memory
+    pressure, could still take them."""
+    with ExitStack() as stack:
+        for path in paths:
+            with open(path, "rb") as file:  # the mapping keeps a descriptor of its own
+                if os.fstat(file.fileno()).st_size:
+                    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+                    stack.enter_context(mmap.mmap(file.fileno(), 0, flags, mmap.PROT_READ))
+        yield
+
+
+def database_files(backend: str, url: str) -> list[Path] | None:
+    """The files that hold the database's tables and indexes: SQLite's file (and its write-ahead
+    log, where one exists then: a server that closed cleanly leaves none); PostgreSQL's
+    relations' files, every 1-GB segment, under its data directory (named by a superuser, as
+    `postgres` is, and read as root). None where they cannot be named or read (a PostgreSQL on
+    another host, or a data directory this user may not read)."""
     if backend == "sqlite":
-        with open(sqlite_path(url), "rb") as file:
-            while file.read(1 << 24):
-                pass
-        return True
+        path = Path(sqlite_path(url))
+        wal = Path(f"{path}-wal")
+        if not os.access(path, os.R_OK):
+            return None
+        return [path, *([wal] if os.access(wal, os.R_OK) else [])]
+    query = (
+        "SELECT current_setting('data_directory') || '/' || pg_relation_filepath(c.oid) "
+        "FROM pg_class c WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'i')"
+    )
+    done = subprocess.run(
+        ["psql", libpq_url(url), "-qtA", "-v", "ON_ERROR_STOP=1", "-c", query],
+        capture_output=True,
+        text=True,
+    )
+    files = []
+    for first in done.stdout.splitlines() if done.returncode == 0 else []:
+        segment = 0
+        while first and os.access(
+            path := Path(f"{first}.{segment}" if segment else first), os.R_OK
+        ):
+            files.append(path)
+            segment += 1
+    return files or None
+
+
+@contextmanager
+def held_in_memory(backend: str, url: str) -> Iterator[str]:
+    """The database in the OS page cache for the whole block (``mapped``): the scale step so
+    measures the best case, a database the machine keeps in memory, for both sizes alike.
+    Yields "held"; where its files could not be held, PostgreSQL's tables and indexes are read
+    in with ``pg_prewarm`` (a contrib extension, made by a superuser), which the reclaim may
+    take back during the run (as in the scale step before 2026-11-28: each database read in
+    before each run, not held), and it yields "read in", or "neither" where that failed too."""
+    files = database_files(backend, url)
+    if files is not None:
+        with mapped(files):
+            yield "held"
+        return
     warm = (
         "CREATE EXTENSION IF NOT EXISTS pg_prewarm",
         "SELECT sum(pg_prewarm(c.oid::regclass, 'read')) FROM pg_class c "
@@ -587,9 +638,9 @@ def into_memory(backend: str, url: str) -> bool:
         capture_output=True,
         text=True,
     )
-    if done.returncode:
-        print(f"  not read into memory (pg_prewarm): {done.stderr.strip()}", flush=True)
-    return done.returncode == 0
+    note = f"pg_prewarm: {done.stderr.strip()}" if done.returncode else "read in by pg_prewarm"
+    print(f"  the database's files not held in memory ({note})", flush=True)
+    yield "neither" if done.returncode else "read in"
 
 
 def disk_reads() -> int | None:
@@ -609,9 +660,9 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
     turn), each on a server of its own, started for it and warmed up; of each, the run with the
     median p99 counts, and every run's p99 is kept (one run of each gave a p99 ratio of 1.31
     with a p50 ratio of 1.03 on a noisy machine: BENCHMARKS.md). One server at a time: with both
-    up, the idle one's background jobs ran beside the measured one's. Before each run its
-    database is read into memory again (``into_memory``), and what the run read from disk is
-    kept beside its latencies."""
+    up, the idle one's background jobs ran beside the measured one's. Each run's database is
+    held in memory from before its server starts until the run ends (``held_in_memory``), and
+    what the run read from disk is kept beside its latencies."""
     url_small, key_small = prepared(
         backend, workdir, "tiny", plan.subjects, plan.events_per_subject
     )
@@ -621,12 +672,15 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "big": (url_big, key_big, plan.big_subjects),
     }
     runs: dict[str, list[dict[str, Any]]] = {label: [] for label in sizes}
-    read_in = []  # whether each run's database was read into memory first
+    states = []  # each run's database: "held" in memory, "read in" first, or "neither"
     for n in range(TURNS):
         for label in list(sizes)[:: -1 if n % 2 else 1]:
             url, key, subjects = sizes[label]
-            read_in.append(into_memory(backend, url))
-            with serving("app.main:create_app", server_env(url), 1, "/healthz") as app:
+            with (
+                held_in_memory(backend, url) as state,
+                serving("app.main:create_app", server_env(url), 1, "/healthz") as app,
+            ):
+                states.append(state)
                 # Warmed up first (connections opened, caches of the database and the process
                 # filled), as the latency step's server is by the throughput runs before it.
                 wrk(app, "/", key, 3, plan.connections, lua_random(CHECK, subjects))
@@ -653,7 +707,8 @@ def scale(backend: str, workdir: Path, rate: float, plan: Plan, results: Results
         "worker busy in each run": {
             label: [run.get("worker_busy") for run in r] for label, r in runs.items()
         },
-        "read into memory first": all(read_in),
+        "held in memory": all(state == "held" for state in states),
+        "read into memory first": "neither" not in states,
     }
     print(f"  scale: {json.dumps(results.rows['scale'])}", flush=True)
 
@@ -720,6 +775,8 @@ def _each_p99(s: dict[str, Any]) -> str:
         return ""
     if s.get("read into memory first") is False:
         shown.append("the databases NOT read into memory first")
+    elif s.get("held in memory") is False:  # since 2026-11-28; before, read in before each run
+        shown.append("the databases NOT held in memory, only read in first")
     return f" ({'; '.join(shown)})"
 
 
