@@ -621,11 +621,16 @@ def held_in_memory(backend: str, url: str) -> Iterator[str]:
     Yields "held"; where its files could not be held, PostgreSQL's tables and indexes are read
     in with ``pg_prewarm`` (a contrib extension, made by a superuser), which the reclaim may
     take back during the run (as in the scale step before 2026-11-28: each database read in
-    before each run, not held), and it yields "read in", or "neither" where that failed too."""
+    before each run, not held), and it yields "read in", or "neither" where that failed too
+    (and for a SQLite file this user cannot read)."""
     files = database_files(backend, url)
     if files is not None:
         with mapped(files):
             yield "held"
+        return
+    if backend == "sqlite":  # a file this user cannot read: nothing else to read it in with
+        print("  the database's file not held in memory (not readable)", flush=True)
+        yield "neither"
         return
     warm = (
         "CREATE EXTENSION IF NOT EXISTS pg_prewarm",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import disk_reads, machine, mapped
+from bench.openloop import percentiles
 
 PAGE = 4096
 STALL = 0.1  # a second with a unit this late counts as a stall, as in BENCHMARKS.md
@@ -48,10 +49,6 @@ def loops_for(seconds: float) -> int:
     """How long a ``sum(range(n))`` takes ``seconds`` on this machine now."""
     once = min(timeit.repeat("sum(range(1000))", number=200, repeat=5)) / 200
     return max(1, round(1000 * seconds / once))
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def one_run(
@@ -93,11 +90,11 @@ def one_run(
         second = int(i / rate)
         worst[second] = max(worst.get(second, 0.0), value)
     slowest = max(range(count), key=lambda i: reading[i] + working[i])
-    ordered = sorted(late)
+    units, reads_ms, work_ms = (percentiles(list(times)) for times in (late, reading, working))
     return {
-        "p50": round(percentile(ordered, 0.5) * 1e3, 3),
-        "p99": round(percentile(ordered, 0.99) * 1e3, 3),
-        "max": round(ordered[-1] * 1e3, 1),
+        "p50": units["p50"],
+        "p99": units["p99"],
+        "max": round(units["max"], 1),
         "stall seconds": sum(value > STALL for value in worst.values()),
         "slowest unit ms (reads, work)": [
             round(reading[slowest] * 1e3, 2),
@@ -107,10 +104,7 @@ def one_run(
             round(sum(reading) / count * 1e6),
             round(sum(working) / count * 1e6),
         ],
-        "unit p99 µs (reads, work)": [
-            round(percentile(sorted(reading), 0.99) * 1e6),
-            round(percentile(sorted(working), 0.99) * 1e6),
-        ],
+        "unit p99 µs (reads, work)": [round(reads_ms["p99"] * 1e3), round(work_ms["p99"] * 1e3)],
         "busy": round(busy, 2),
         "disk MB": round((after - disk) / 1e6, 1)
         if disk is not None and after is not None
