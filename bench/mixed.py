@@ -1,11 +1,12 @@
 """Versions side by side on the checks' tail with writes: ``python -m bench.mixed TREE [TREE …]``.
 
-Like ``bench.sidebyside`` (one PostgreSQL database migrated and seeded as by the harness, one
-server per TREE serving that TREE's code, one worker, production settings, the order of the
-versions reversed every other round), but each round measures, for every version in turn: consent
-changes with ``wrk -c16`` (withdrawals of seeded consents, each subject used once) with the
-worker's CPU time per change, then the check's latency open-loop at a fixed rate, read-only and
-with every 10th request a withdrawal. Prints each run and each version's medians.
+Like ``bench.sidebyside`` (one database, PostgreSQL's or a SQLite file (``--backend``), migrated
+and seeded as by the harness, one server per TREE serving that TREE's code, one worker,
+production settings, the order of the versions reversed every other round), but each round
+measures, for every version in turn: consent changes with ``wrk -c16`` (withdrawals of seeded
+consents, each subject used once) with the worker's CPU time per change, then the check's
+latency open-loop at a fixed rate, read-only and with every 10th request a withdrawal, with the
+share of a core each took of the worker. Prints each run and each version's medians.
 """
 
 import argparse
@@ -23,6 +24,7 @@ WRITE_SECONDS, OPEN_SECONDS = 5, 20
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trees", nargs="+", type=Path)
+    parser.add_argument("--backend", choices=("postgresql", "sqlite"), default="postgresql")
     parser.add_argument("--rate", type=int, default=800, help="checks per second, open-loop")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-writes", type=int, default=6_000, help="per wrk run, at most")
@@ -32,7 +34,7 @@ def main() -> None:
     subjects = READERS + args.rounds * len(args.trees) * per_version
     print(machine(), flush=True)
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
-        url, key = prepared("postgresql", Path(tmp), "mixed", subjects, 10)
+        url, key = prepared(args.backend, Path(tmp), "mixed", subjects, 10)
         env = server_env(url)
         apps = [
             stack.enter_context(serving("app.main:create_app", env, 1, "/healthz", tree.resolve()))
@@ -40,7 +42,8 @@ def main() -> None:
         ]
         unused = READERS  # the next seeded subject no request has written to
         found: dict[str, list[list[float]]] = {
-            kind: [[] for _ in apps] for kind in ("writes/s", "µs per write", "ro p99", "p99")
+            kind: [[] for _ in apps]
+            for kind in ("writes/s", "µs per write", "ro p99", "p99", "ro busy", "busy")
         }
         for n in range(args.rounds):
             order = list(range(len(apps)))
@@ -70,13 +73,23 @@ def main() -> None:
                 unused += per_mixed
                 ro_p99 = float(read_only["read"]["p99"])  # type: ignore[index]
                 p99 = float(mixed["read"]["p99"])  # type: ignore[index]
-                figures = (done["rps"], used / max(1, done["requests"]) * 1e6, ro_p99, p99)
+                # The share of a core each open-loop run took of the worker (all its threads).
+                ro_busy = float(read_only["worker_busy"])  # type: ignore[arg-type]
+                busy = float(mixed["worker_busy"])  # type: ignore[arg-type]
+                figures = (
+                    done["rps"],
+                    used / max(1, done["requests"]) * 1e6,
+                    ro_p99,
+                    p99,
+                    ro_busy,
+                    busy,
+                )
                 for kind, value in zip(found, figures, strict=True):
                     found[kind][i].append(value)
                 print(
                     f"  round {n + 1}, {args.trees[i]}: {done['rps']:,.0f} writes/s, "
                     f"{figures[1]:,.0f} µs of CPU each; check p99 read-only {ro_p99} ms, "
-                    f"with writes {p99} ms",
+                    f"with writes {p99} ms; the worker's share of a core {ro_busy} and {busy}",
                     flush=True,
                 )
     for i, tree in enumerate(args.trees):
@@ -85,7 +98,8 @@ def main() -> None:
             f"{tree}: writes/s {medians['writes/s']:,.0f}, {medians['µs per write']:,.0f} µs each; "
             f"check p99 read-only {medians['ro p99']:.1f} ms, with writes {medians['p99']:.1f} "
             f"ms (medians of {args.rounds}; ratio of the medians "
-            f"{medians['p99'] / medians['ro p99']:.2f})"
+            f"{medians['p99'] / medians['ro p99']:.2f}); the worker's share of a core "
+            f"{medians['ro busy']:.2f} read-only, {medians['busy']:.2f} with writes"
         )
 
 
