@@ -11,8 +11,10 @@ a withdrawal (``PUT …/consents/gender/service_improvement``) for a subject not
 ``PUT /write``, the same mix with the least a read and a durable write can cost.
 
 Prints one JSON object: the percentiles per kind, in milliseconds, and how late the generator
-itself started its latest request (with ``--timeline``, also the slowest request and the latest
-start of each second, to see when a tail happened and whether the generator's was part of it).
+itself started its latest request (with ``--timeline``, also the slowest request, the slowest
+read and the latest start of each second, to see when a tail happened, whether the reads had it
+and whether the generator's was part of it: with writes, the slowest request of a second is most
+often a write waiting for its commit).
 """
 
 import argparse
@@ -48,6 +50,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     latencies: dict[str, list[float]] = {"read": [], "write": []}
     errors: dict[str, int] = {}
     slowest: dict[int, float] = {}  # per second of the run (by when requests were due)
+    slowest_read: dict[int, float] = {}  # the same, of the reads alone
     lag: dict[int, float] = {}  # per second: the latest start of a request after its due time
     auth = f"Authorization: Bearer {args.key}\r\n"
     host = f"Host: {args.host}:{args.port}\r\n"
@@ -102,6 +105,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         latencies[kind].append(clock() - due)
         if args.timeline:
             slowest[second] = max(slowest.get(second, 0.0), clock() - due)
+            if kind == "read":
+                slowest_read[second] = max(slowest_read.get(second, 0.0), clock() - due)
         if not status.startswith("2"):
             errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
         idle.put_nowait((reader, writer))
@@ -132,6 +137,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             {
                 "slowest_per_second": [
                     round(slowest.get(i, 0) * 1000, 1) for i in range(int(args.seconds))
+                ],
+                "slowest_read_per_second": [
+                    round(slowest_read.get(i, 0) * 1000, 1) for i in range(int(args.seconds))
                 ],
                 "latest_start_per_second": [
                     round(lag.get(i, 0) * 1000, 1) for i in range(int(args.seconds))
